@@ -1,0 +1,1 @@
+"""The SDEI dispatcher model: pure, deterministic, no I/O."""
