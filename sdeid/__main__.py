@@ -1,0 +1,5 @@
+import sys
+
+from sdeid.cli import main
+
+sys.exit(main())

@@ -1,0 +1,91 @@
+"""Lifecycle hooks from QEMU's QMP monitor (via the qemu.qmp library).
+
+QMP events have no ordering against guest execution (ARCHITECTURE.md,
+invariant 2), so nothing here changes dispatcher state: the device socket
+carries reset, power and state.  The hooks log the VM's lifecycle, record it
+for operators, turn on migration events, and end the daemon when the VM
+shuts down (`--exit-with-vm`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from qemu.qmp import QMPClient
+from qemu.qmp.error import QMPError
+
+log = logging.getLogger("sdeid.qmp")
+
+# Events worth an operator's attention; everything else is discarded.
+WATCHED = ("RESET", "STOP", "RESUME", "SHUTDOWN", "MIGRATION", "POWERDOWN",
+           "GUEST_PANICKED")
+
+
+class QmpHooks:
+    def __init__(self, path: str, observe: Callable[[str, dict[str, Any]], None],
+                 on_shutdown: Callable[[], None] | None = None,
+                 connect_timeout: float = 30.0) -> None:
+        self.path = path
+        self.observe = observe
+        self.on_shutdown = on_shutdown
+        self.connect_timeout = connect_timeout
+        self.client = QMPClient("sdeid")
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name="qmp-hooks")
+
+    async def _connect(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.connect_timeout
+        while True:
+            try:
+                await self.client.connect(self.path)
+                return
+            except (QMPError, OSError) as e:
+                if loop.time() > deadline:
+                    raise ConnectionError(f"QMP {self.path}: {e}") from e
+                await asyncio.sleep(0.1)
+
+    async def _run(self) -> None:
+        try:
+            await self._connect()
+            log.info("QMP connected to %s", self.path)
+            try:
+                await self.client.execute("migrate-set-capabilities", {
+                    "capabilities": [{"capability": "events", "state": True}]})
+            except QMPError as e:
+                log.warning("cannot enable migration events: %s", e)
+            status = await self.client.execute("query-status")
+            self.observe("VM_STATUS", {"status": status})
+            # The listener's queue is drained as fast as events arrive, so it
+            # stays small (qemu.qmp keeps an unbounded queue otherwise).
+            with self.client.listen(self.client.events) as listener:
+                async for event in listener:
+                    name = event["event"]
+                    listener.clear()
+                    if name not in WATCHED:
+                        continue
+                    data = dict(event.get("data", {}))
+                    log.info("VM event %s %s", name, data or "")
+                    self.observe("VM_" + name, data)
+                    if name == "SHUTDOWN" and self.on_shutdown is not None:
+                        self.on_shutdown()
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the hook must never take the daemon down
+            log.warning("QMP hooks stopped: %s", e)
+            if self.on_shutdown is not None and isinstance(e, (EOFError, ConnectionError)):
+                self.on_shutdown()
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+        try:
+            await self.client.disconnect()
+        except (QMPError, OSError):
+            pass
