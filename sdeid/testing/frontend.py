@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
+from typing import Any
 
 from sdeid.model.abi import U64
 from sdeid.wire import codec as w
@@ -39,6 +40,26 @@ class VCpu:
     @property
     def el(self) -> int:
         return (self.pstate >> 2) & 3
+
+
+def apply_registers(v: VCpu, u: Any, allowed: int) -> None:
+    """Write a register update (wire RegUpdate or model RegisterUpdate: both
+    have mask, x, pc, pstate, elr, spsr) into `v`, in the protocol's order:
+    x0..x17, SPSR and ELR of the new PSTATE's EL, PSTATE, PC."""
+    if u.mask & ~allowed:
+        raise FrontEndError(f"update writes 0x{u.mask & ~allowed:x} outside 0x{allowed:x}")
+    for i in range(18):
+        if u.mask & (1 << i):
+            v.x[i] = u.x[i]
+    new_el = ((u.pstate >> 2) & 3) if u.mask & (1 << spec.REG_PSTATE) else v.el
+    if u.mask & (1 << spec.REG_SPSR):
+        v.spsr[new_el] = u.spsr
+    if u.mask & (1 << spec.REG_ELR):
+        v.elr[new_el] = u.elr
+    if u.mask & (1 << spec.REG_PSTATE):
+        v.pstate = u.pstate
+    if u.mask & (1 << spec.REG_PC):
+        v.pc = u.pc
 
 
 class FrontEnd:
@@ -173,23 +194,9 @@ class FrontEnd:
 
     def apply(self, pe: int, u: w.RegUpdate, allowed: int) -> None:
         """Write a REG_UPDATE into vCPU `pe`, as the QEMU device does."""
-        if u.mask & ~allowed:
-            raise FrontEndError(f"reply writes 0x{u.mask & ~allowed:x} outside 0x{allowed:x}")
         if u.flags & ~spec.REPLY_F_PULL:
             raise FrontEndError(f"unknown reply flags 0x{u.flags:x}")
-        v = self.vcpus[pe]
-        for i in range(18):
-            if u.mask & (1 << i):
-                v.x[i] = u.x[i]
-        new_el = ((u.pstate >> 2) & 3) if u.mask & (1 << spec.REG_PSTATE) else v.el
-        if u.mask & (1 << spec.REG_SPSR):
-            v.spsr[new_el] = u.spsr
-        if u.mask & (1 << spec.REG_ELR):
-            v.elr[new_el] = u.elr
-        if u.mask & (1 << spec.REG_PSTATE):
-            v.pstate = u.pstate
-        if u.mask & (1 << spec.REG_PC):
-            v.pc = u.pc
+        apply_registers(self.vcpus[pe], u, allowed)
 
     def call(self, pe: int, fid: int, *args: int) -> int:
         """vCPU `pe` executes HVC with x0 = fid, x1.. = args; returns x0 after."""
