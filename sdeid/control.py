@@ -32,6 +32,61 @@ MAX_LINE = 64 * 1024
 MAX_QUEUED_EVENTS = 1000
 
 
+class JsonSyntaxError(str):
+    """Marks input that was not JSON (answered with a QMP error)."""
+
+
+class JsonStream:
+    """Splits a byte stream into JSON values, as QEMU's JSON streamer does:
+    values need no separators, whitespace between them is skipped.  A value
+    not complete within `limit` bytes is an error that ends the client;
+    text that cannot start a value is reported and skipped up to the next
+    newline, so one typo does not cost the connection."""
+
+    def __init__(self, limit: int) -> None:
+        self.buf = ""
+        self.limit = limit
+        self.decoder = json.JSONDecoder()
+        self.pending = b""
+
+    def feed(self, data: bytes) -> list[Any]:
+        self.pending += data
+        try:
+            text = self.pending.decode()
+            self.pending = b""
+        except UnicodeDecodeError as e:
+            if e.start >= len(self.pending) - 3:   # a character split across reads
+                text = self.pending[:e.start].decode()
+                self.pending = self.pending[e.start:]
+            else:
+                self.pending = b""
+                return [JsonSyntaxError("invalid UTF-8")]
+        self.buf += text
+        out: list[Any] = []
+        while True:
+            self.buf = self.buf.lstrip()
+            if not self.buf:
+                break
+            try:
+                value, end = self.decoder.raw_decode(self.buf)
+            except json.JSONDecodeError as e:
+                if e.pos >= len(self.buf) and len(self.buf) <= self.limit:
+                    break   # incomplete: wait for more
+                nl = self.buf.find("\n")
+                if nl < 0 and len(self.buf) <= self.limit:
+                    break
+                if nl < 0:
+                    raise ValueError(f"input over {self.limit} bytes without a value") from e
+                out.append(JsonSyntaxError(e.msg))
+                self.buf = self.buf[nl + 1:]
+                continue
+            out.append(value)
+            self.buf = self.buf[end:]
+        if len(self.buf) > self.limit:
+            raise ValueError(f"input over {self.limit} bytes without a value")
+        return out
+
+
 class QmpError(Exception):
     def __init__(self, desc: str, cls: str = "GenericError") -> None:
         super().__init__(desc)
@@ -109,36 +164,40 @@ class ControlServer:
                             "package": f"sdeid {__version__}"},
                 "capabilities": []}})
             negotiated = False
+            stream = JsonStream(MAX_LINE)
             while True:
+                data = await reader.read(4096)
+                if not data:
+                    return
                 try:
-                    line = await reader.readline()
-                except (asyncio.LimitOverrunError, ValueError):
-                    log.error("control: line over %d bytes, dropping client", MAX_LINE)
+                    items = stream.feed(data)
+                except ValueError as e:
+                    log.error("control: %s, dropping client", e)
                     return
-                if not line:
-                    return
-                if not line.strip():
-                    continue
-                reply = await self._execute(line, negotiated)
-                if reply.pop("_negotiated", False):
-                    negotiated = True
-                    self.daemon.listeners.append(listener)
-                    pump = asyncio.create_task(self._pump(events, writer))
-                await self._send(writer, reply)
+                for item in items:
+                    reply = await self._execute(item, negotiated)
+                    if reply.pop("_negotiated", False):
+                        negotiated = True
+                        self.daemon.listeners.append(listener)
+                        pump = asyncio.create_task(self._pump(events, writer))
+                    await self._send(writer, reply)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
+            # Synchronous clean-up first: a cancellation arriving at one of
+            # the awaits below must not leave the transport open.
             if listener in self.daemon.listeners:
                 self.daemon.listeners.remove(listener)
+            writer.close()
+            self.clients.discard(task)
             if pump is not None:
                 pump.cancel()
-                await asyncio.gather(pump, return_exceptions=True)
-            writer.close()
             try:
+                if pump is not None:
+                    await asyncio.gather(pump, return_exceptions=True)
                 await writer.wait_closed()
             except (ConnectionError, asyncio.CancelledError):
                 pass
-            self.clients.discard(task)
 
     async def _pump(self, events: asyncio.Queue[dict[str, Any]],
                     writer: asyncio.StreamWriter) -> None:
@@ -150,13 +209,12 @@ class ControlServer:
         writer.write(json.dumps(obj).encode() + b"\r\n")
         await writer.drain()
 
-    async def _execute(self, line: bytes, negotiated: bool) -> dict[str, Any]:
+    async def _execute(self, item: Any, negotiated: bool) -> dict[str, Any]:
         req_id: Any = None
         try:
-            try:
-                req = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise QmpError(f"JSON parse error: {e.msg if hasattr(e, 'msg') else e}") from e
+            if isinstance(item, JsonSyntaxError):
+                raise QmpError(f"JSON parse error: {item}")
+            req = item
             if not isinstance(req, dict):
                 raise QmpError("QMP input must be a JSON object")
             req_id = req.get("id")

@@ -272,6 +272,10 @@ def test_the_walk_reaches_dispatches() -> None:
     that it entered handlers of normal and critical, private, shared and
     bound events (runs after the machine in file order)."""
     seen = set(ENTRIES)
-    assert {SHARED_EV, PRIV_EV, SIGNAL_EVENT} <= seen, seen
-    assert seen & {SHARED_CRIT, PRIV_CRIT}, seen
-    assert seen & {1000, 2000}, seen
+    assert seen & {SHARED_EV, SHARED_CRIT, 2000, 2001}, f"no shared event entered: {seen}"
+    assert seen & {PRIV_EV, PRIV_CRIT, SIGNAL_EVENT, 1000}, f"no private event entered: {seen}"
+    assert seen & {SHARED_CRIT, PRIV_CRIT}, f"no critical event entered: {seen}"
+    assert seen & {SHARED_EV, PRIV_EV, SIGNAL_EVENT, 1000, 2000, 2001}, f"no normal: {seen}"
+    assert seen & {1000, 2000, 2001}, f"no bound event entered: {seen}"
+    assert SIGNAL_EVENT in seen, f"event 0 never signalled through: {seen}"
+    assert len(ENTRIES) >= 50, f"only {len(ENTRIES)} handler entries"

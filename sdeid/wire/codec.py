@@ -328,7 +328,7 @@ class _Codec:
         size = len(payload)
         try:
             parsed = self.struct.parse(payload)
-        except c.ConstructError as e:
+        except (c.ConstructError, struct.error) as e:  # compiled parsers raise struct.error
             raise BadPayload(f"{self.cls.__name__} payload does not parse: {e}") from e
         if "reserved" in parsed and parsed["reserved"] != 0:
             raise BadPayload(f"{self.cls.__name__} reserved field is not zero")

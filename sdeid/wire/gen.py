@@ -182,6 +182,7 @@ def _valid_vectors() -> list[tuple[str, bytes]]:
         ("reset_ack", w.encode(w.Ack(0), id=10, request=5, reply=True)),
         ("pe_power_on", w.encode(w.PePower(1, spec.PE_POWER_STATES["ON"]), id=11,
                                  need_reply=True)),
+        ("pe_power_ack", w.encode(w.Ack(0), id=11, request=6, reply=True)),
         ("get_state", w.encode(w.GetState(), id=12, need_reply=True)),
         ("state_reply", w.encode(w.StateReply(0, b"SDEISTAT"), id=12, reply=True)),
         ("set_state", w.encode(w.SetState(b"SDEISTAT"), id=13, need_reply=True)),
