@@ -207,6 +207,9 @@ class Daemon:
         log.info("serving inherited fd %d (%s)", fd, "listening" if listening else "connected")
 
     async def close(self) -> None:
+        if self.state == DaemonState.STARTING:  # never served: nothing to report
+            self.state = DaemonState.STOPPED
+            return
         self.set_state(DaemonState.STOPPING)
         if self.server is not None:
             self.server.close()

@@ -24,6 +24,7 @@ docs/sdei-decisions.md and tested):
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from sdeid.model import abi
@@ -588,7 +589,7 @@ class Dispatcher:
         pull = False
         for event, owner in sorted(self.pending):
             if owner != SHARED:
-                targets: list[int] | range = [owner]
+                targets: Iterable[int] = [owner]
             else:
                 inst = self.shared.get(event)
                 if inst is not None and inst.flags & FLAG_ROUTING_PE:
@@ -611,17 +612,20 @@ class Dispatcher:
                 effects.append(Kick(chosen))
         return pull
 
-    def _rm_any_order(self, caller: int | None) -> list[int]:
-        """PEs in the order an RM_ANY event is offered to them: a PE already
-        kicked first (it is on its way), then idle PEs, then busy ones."""
+    def _rm_any_order(self, caller: int | None) -> Iterator[int]:
+        """PEs in the order an RM_ANY event is offered to them: the caller
+        (it is here already), then idle PEs, then busy ones (a critical
+        event may preempt them).  Lazy, so the usual case stops at the
+        first idle unmasked PE however many PEs there are."""
         pes = self.pes
-        kicked = [i for i, p in enumerate(pes) if p.kicked]
-        idle = [i for i, p in enumerate(pes) if not p.kicked and not p.frames]
-        busy = [i for i, p in enumerate(pes) if not p.kicked and p.frames]
-        if caller is not None and caller in idle:
-            idle.remove(caller)
-            idle.insert(0, caller)
-        return kicked + idle + busy
+        if caller is not None:
+            yield caller
+        for i, p in enumerate(pes):
+            if not p.frames and i != caller:
+                yield i
+        for i, p in enumerate(pes):
+            if p.frames and i != caller:
+                yield i
 
     # ------------------------------------------------------------- triggers
 
