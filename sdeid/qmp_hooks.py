@@ -18,6 +18,7 @@ from qemu.qmp import QMPClient
 from qemu.qmp.error import QMPError
 
 log = logging.getLogger("sdeid.qmp")
+HISTORY_KEPT = 16
 
 # Events worth an operator's attention; everything else is discarded.
 WATCHED = ("RESET", "STOP", "RESUME", "SHUTDOWN", "MIGRATION", "POWERDOWN",
@@ -61,19 +62,19 @@ class QmpHooks:
                 log.warning("cannot enable migration events: %s", e)
             status = await self.client.execute("query-status")
             self.observe("VM_STATUS", {"status": status})
-            # The listener's queue is drained as fast as events arrive, so it
-            # stays small (qemu.qmp keeps an unbounded queue otherwise).
-            with self.client.listen(self.client.events) as listener:
-                async for event in listener:
-                    name = event["event"]
-                    listener.clear()
-                    if name not in WATCHED:
-                        continue
-                    data = dict(event.get("data", {}))
-                    log.info("VM event %s %s", name, data or "")
-                    self.observe("VM_" + name, data)
-                    if name == "SHUTDOWN" and self.on_shutdown is not None:
-                        self.on_shutdown()
+            events = self.client.events  # the default listener: cannot be removed
+            async for event in events:
+                # qemu.qmp 0.0.6 (pinned) appends every event to this
+                # listener's private history and never trims it; a daemon
+                # that lives as long as its VM must not grow with it.
+                del events._history[:-HISTORY_KEPT]
+                name = str(event["event"])
+                raw = event.get("data", {})
+                data: dict[str, Any] = dict(raw) if isinstance(raw, dict) else {}
+                log.info("VM event %s %s", name, data or "")
+                self.observe("VM_" + name, data)
+                if name == "SHUTDOWN" and self.on_shutdown is not None:
+                    self.on_shutdown()
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - the hook must never take the daemon down

@@ -71,6 +71,10 @@ class Session:
         self.state = new
 
     @property
+    def closed(self) -> bool:
+        return self.state == ConnState.CLOSED
+
+    @property
     def dispatcher(self) -> Dispatcher:
         d = self.backend.dispatcher
         assert d is not None, "no dispatcher before HELLO"
@@ -90,7 +94,7 @@ class Session:
             if frame is None:
                 break
             changed |= self._handle(frame, out)
-            if self.state == ConnState.CLOSED:
+            if self.closed:
                 break
         if changed:
             self.backend.changed()

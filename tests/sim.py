@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from sdeid.model.abi import U64, EventType, Fid, Priority
 from sdeid.model.dispatcher import Dispatcher
-from sdeid.model.types import ClaimLine, Context, EventDef, Kick, PlatformConfig, ReleaseLine, Topology
+from sdeid.model.types import (
+    ClaimLine,
+    Context,
+    EventDef,
+    Kick,
+    PlatformConfig,
+    ReleaseLine,
+    Topology,
+)
 from sdeid.testing.frontend import VCpu, apply_registers
 from sdeid.wire import spec
 

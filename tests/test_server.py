@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from qemu.qmp import QMPClient
-from qemu.qmp import ExecuteError
+from qemu.qmp import ExecuteError, QMPClient
 
 from sdeid.control import ControlServer
 from sdeid.model.abi import Fid

@@ -24,7 +24,7 @@ docs/sdei-decisions.md and tested):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from sdeid.model import abi
@@ -490,7 +490,7 @@ class Dispatcher:
             inst.state = nxt
             inst.running_on = -1
 
-    _handlers = {
+    _handlers: dict[int, Callable[..., RegisterUpdate | int]] = {
         Fid.VERSION: _version,
         Fid.EVENT_REGISTER: _register,
         Fid.EVENT_ENABLE: _enable,

@@ -137,7 +137,7 @@ def from_state(s: dict[str, Any]) -> Dispatcher:
         return Instance(State[state], int(ep), int(arg), int(flags), int(aff), int(el),
                         bool(pending), int(running_on))
 
-    for p, sp in zip(d.pes, s["pes"]):
+    for p, sp in zip(d.pes, s["pes"], strict=True):
         p.masked, p.online = bool(sp["masked"]), bool(sp["online"])
         for ev, prio, x, pc, pstate, sctlr, el in sp["frames"]:
             if int(ev) not in d.events or len(x) != 18:
@@ -146,7 +146,7 @@ def from_state(s: dict[str, Any]) -> Dispatcher:
                                   int(pc), int(pstate), int(sctlr), int(el)))
         if len(p.frames) > 2:
             raise ValueError("more than two nested handlers on a PE")
-    for table, sp in zip(d.private, s["private"]):
+    for table, sp in zip(d.private, s["private"], strict=True):
         for ev, v in sp.items():
             if d.events.get(int(ev)) is None or d.events[int(ev)].type != EventType.PRIVATE:
                 raise ValueError(f"private instance of unknown event {ev}")

@@ -90,8 +90,9 @@ def _flat_format(layout: spec.Layout) -> struct.Struct | None:
     return struct.Struct(fmt)
 
 
-HEADER = _flat_format(spec.HEADER_FIELDS)
-assert HEADER is not None and HEADER.size == spec.HEADER_SIZE
+_header = _flat_format(spec.HEADER_FIELDS)
+assert _header is not None and _header.size == spec.HEADER_SIZE
+HEADER: struct.Struct = _header
 HEADER_SIZE = spec.HEADER_SIZE
 
 
@@ -281,7 +282,8 @@ class _Codec:
         self.field_slices = [(p, e) for n, p, e in self.slices if n != "reserved"]
 
     def encode(self, msg: Any) -> bytes:
-        if self.flat is not None:
+        flat_struct = self.flat
+        if flat_struct is not None:
             flat: list[int] = []
             for name, _p, end in self.slices:
                 if name == "reserved":
@@ -291,14 +293,14 @@ class _Codec:
                 else:
                     flat.extend(getattr(msg, name))
             try:
-                return self.flat.pack(*flat)
+                return flat_struct.pack(*flat)
             except struct.error as e:
                 raise ValueError(f"cannot encode {msg!r}: {e}") from e
         return self.encode_construct(msg)
 
     def encode_construct(self, msg: Any) -> bytes:
         values: dict[str, Any] = {}
-        for name, ftype in self.layout:
+        for name, _ftype in self.layout:
             if name == "reserved":
                 values[name] = 0
             elif name in self.counts:
@@ -316,8 +318,9 @@ class _Codec:
             raise BadPayload(f"{self.cls.__name__} payload is {size} bytes, expected {self.fixed}")
         if size < self.min:
             raise BadPayload(f"{self.cls.__name__} payload is {size} bytes, at least {self.min}")
-        if self.flat is not None:
-            flat = self.flat.unpack(payload)
+        flat_struct = self.flat
+        if flat_struct is not None:
+            flat = flat_struct.unpack(payload)
             for p in self.reserved_at:
                 if flat[p]:
                     raise BadPayload(f"{self.cls.__name__} reserved field is not zero")

@@ -18,7 +18,6 @@ the rest of the payload.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
 PROTOCOL_VERSION = 1
 
@@ -115,7 +114,7 @@ Ack = (
     ("reserved", "u32"),
 )
 
-FieldType = Union[str, tuple[str, int], tuple[str, str]]
+FieldType = str | tuple[str, int] | tuple[str, str]
 Layout = tuple[tuple[str, FieldType], ...]
 
 
