@@ -26,8 +26,8 @@ if os.environ.get("SDEID_SKIP_INTEGRATION") == "1":
 
 @pytest.fixture(scope="session")
 def qemu() -> str:
-    out = subprocess.run([str(ROOT / "scripts/build-qemu")], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, timeout=3600)
+    out = subprocess.run([str(ROOT / "scripts/build-qemu")], capture_output=True,
+                         stdin=subprocess.DEVNULL, timeout=3600)
     assert out.returncode == 0, f"build-qemu failed:\n{out.stderr.decode()[-3000:]}"
     path = out.stdout.decode().strip().splitlines()[-1]
     assert Path(path).is_absolute() and os.access(path, os.X_OK), path
