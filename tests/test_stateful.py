@@ -85,8 +85,16 @@ class DispatcherMachine(RuleBasedStateMachine):
     def routing_set(self, pe: int, ev: int, mode: int, aff: int) -> None:
         self.s.call(pe, Fid.EVENT_ROUTING_SET, ev, mode, aff)
 
-    @rule(pe=PE, dest=st.integers(0, 4))
-    def signal(self, pe: int, dest: int) -> None:
+    @rule(pe=PE, data=st.data())
+    def signal(self, pe: int, data: st.DataObject) -> None:
+        """EVENT_SIGNAL(0) to a PE that has event 0 enabled (mostly), or to
+        any MPIDR, valid or not."""
+        armed = [i for i, t in enumerate(self.s.d.private)
+                 if SIGNAL_EVENT in t and t[SIGNAL_EVENT].state.enabled]
+        if armed and data.draw(st.integers(0, 3)) > 0:
+            dest = data.draw(st.sampled_from(armed))
+        else:
+            dest = data.draw(st.integers(0, 4))
         if self.s.ret(pe, Fid.EVENT_SIGNAL, 0, dest) == 0:
             self.edge_pending[(SIGNAL_EVENT, dest)] = True
 
