@@ -501,3 +501,15 @@ def test_every_call_survives_hostile_arguments(fid: Fid) -> None:
         s.call(0, fid, *args)  # must not raise
     s.d.trigger(SHARED_EV, None)
     assert s.d.snapshot()  # still a consistent, serializable state
+
+
+def test_stats_count_calls_by_function() -> None:
+    s = Sim()
+    s.call(0, Fid.VERSION)
+    s.call(1, Fid.PE_UNMASK)
+    s.call(1, Fid.PE_UNMASK)
+    s.call(0, 0xC400003F)
+    st = s.d.stats
+    assert st["calls"] == 4
+    assert st["call.VERSION"] == 1 and st["call.PE_UNMASK"] == 2
+    assert st["call.unsupported"] == 1

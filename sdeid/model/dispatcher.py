@@ -205,7 +205,10 @@ class Dispatcher:
             return CallOutcome(RegisterUpdate.result(abi.ret_u64(Ret.NOT_SUPPORTED)))
         handler = self._handlers.get(fid & 0xFFFFFFFF)
         if handler is None:
+            self.stats["call.unsupported"] = self.stats.get("call.unsupported", 0) + 1
             return CallOutcome(RegisterUpdate.result(abi.ret_u64(Ret.NOT_SUPPORTED)))
+        name = _CALL_STAT[fid & 0xFFFFFFFF]
+        self.stats[name] = self.stats.get(name, 0) + 1
         effects: list[Effect] = []
         update = handler(self, pe, a, pc, pstate, effects)
         if isinstance(update, int):
@@ -761,6 +764,10 @@ class Dispatcher:
         (a line level stays: it is the device's state, not the event's)."""
         if event not in self.bound:
             self.pending.discard(self._key(event, pe))
+
+
+# Per-function counters in stats (query-stats), e.g. "call.PE_UNMASK".
+_CALL_STAT = {int(f): f"call.{f.name}" for f in Fid}
 
 
 def _exception_pstate(interrupted: int, el: int, sctlr: int) -> int:
