@@ -77,14 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["run"]:
-        import importlib
-        try:
-            launcher = importlib.import_module("sdeid.launcher")
-        except ModuleNotFoundError:
-            print("sdeid: error: the launcher (sdeid run) is not part of this build",
-                  file=sys.stderr)
-            return 1
-        return int(launcher.main(argv[1:]))
+        from sdeid.launcher import main as run_main
+        return run_main(argv[1:])
     args = build_parser().parse_args(argv)
     if args.print_capabilities:
         print(json.dumps(CAPABILITIES))

@@ -1,0 +1,723 @@
+"""`sdeid run`: start sdeid and QEMU wired together, and tear both down.
+
+    sdeid run [--smp N] [--memory SIZE] [--conduit hvc|smc] [--firmware dt|uefi]
+              [--qemu PATH] [--sdeid-arg ARG]... [--keep-dir DIR]
+              [--timeout SECONDS] -- QEMU-ARGS...
+
+The daemon starts first and proves it listens (READY on a pipe, never a
+sleep); then QEMU starts with an `sdei-user` device on the daemon's socket
+and a QMP monitor reserved for the daemon's lifecycle hooks.  The guest's
+serial console is this program's stdout.  SIGINT/SIGTERM are forwarded to
+QEMU; whatever happens, both processes are gone when this returns.
+
+Exit status: 0 when QEMU exits 0 (the guest powered off), QEMU's status when
+it fails, 1 when the daemon fails, 124 on --timeout, 128+N after signal N;
+every non-zero status comes with a one-line reason on stderr.
+
+The same machinery is a Python API for tests (`Launch`):
+
+    with Launch(["-kernel", "guest.bin"], smp=4, capture_output=True) as vm:
+        line = vm.expect(r"^SDEI-WAIT-TRIGGER (\\d+)", timeout=30)
+        vm.control().execute("sdei-trigger", {"event": 101})
+        assert vm.wait(timeout=60) == 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import queue
+import re
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import IO, Any
+
+PROG = "sdeid run"
+REPO = Path(__file__).resolve().parent.parent
+BUILD_QEMU = REPO / "scripts" / "build-qemu"
+FETCH_ASSETS = REPO / "scripts" / "fetch-guest-assets"
+AAVMF_DIR = Path("/usr/share/AAVMF")
+SUN_PATH_MAX = 107          # sockaddr_un.sun_path, less the NUL
+
+EXIT_DAEMON = 1
+EXIT_TIMEOUT = 124
+
+
+class LaunchError(Exception):
+    """The VM or the daemon could not be started or failed while running.
+
+    Carries what an operator needs to see why: the command lines, exit
+    statuses and the tail of each process's log."""
+
+    def __init__(self, reason: str, *, exit_code: int | None = None,
+                 command: Sequence[str] | None = None, output: str = "") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_code = exit_code
+        self.command = list(command) if command is not None else None
+        self.output = output
+
+    def __str__(self) -> str:
+        text = self.reason
+        if self.command is not None:
+            text += "\n  command: " + " ".join(self.command)
+        if self.output:
+            text += "\n  output:\n" + "\n".join("    " + ln for ln in self.output.splitlines())
+        return text
+
+
+class ControlError(Exception):
+    """The control socket answered a command with a QMP error."""
+
+    def __init__(self, cls: str, desc: str) -> None:
+        super().__init__(f"{cls}: {desc}")
+        self.cls = cls
+        self.desc = desc
+
+
+class ControlClient:
+    """A small blocking client for sdeid's QMP-style control socket (one JSON
+    value per line).  Asynchronous events are kept in `.events`."""
+
+    def __init__(self, path: str | Path, timeout: float = 10.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self.buf = b""
+        self.events: list[dict[str, Any]] = []
+        self.next_id = 0
+        try:
+            self.sock.connect(str(path))
+            greeting = self._recv()
+            if "QMP" not in greeting:
+                raise ControlError("ProtocolError", f"unexpected greeting {greeting!r}")
+            self.execute("qmp_capabilities")
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def _recv(self) -> dict[str, Any]:
+        while b"\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("control socket closed")
+            self.buf += data
+        line, self.buf = self.buf.split(b"\n", 1)
+        value = json.loads(line)
+        if not isinstance(value, dict):
+            raise ControlError("ProtocolError", f"unexpected message {value!r}")
+        return value
+
+    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
+        self.next_id += 1
+        req: dict[str, Any] = {"execute": command, "id": self.next_id}
+        if arguments:
+            req["arguments"] = arguments
+        self.sock.sendall(json.dumps(req).encode() + b"\n")
+        while True:
+            msg = self._recv()
+            if "event" in msg:
+                self.events.append(msg)
+                continue
+            if msg.get("id") != self.next_id:
+                continue
+            if "error" in msg:
+                err = msg["error"]
+                raise ControlError(str(err.get("class")), str(err.get("desc")))
+            return msg.get("return")
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------ helpers
+
+def find_qemu(explicit: str | None = None) -> str:
+    """--qemu, else $SDEID_QEMU, else what scripts/build-qemu prints last
+    (it builds, or answers from its cache at once)."""
+    if explicit:
+        return explicit
+    env = os.environ.get("SDEID_QEMU")
+    if env:
+        return env
+    if not BUILD_QEMU.is_file():
+        raise LaunchError("no QEMU: pass --qemu PATH or set SDEID_QEMU "
+                          f"({BUILD_QEMU} is not there to build one)")
+    proc = subprocess.run([str(BUILD_QEMU)], cwd=REPO, stdout=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, text=True)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise LaunchError(f"scripts/build-qemu failed with status {proc.returncode}",
+                          exit_code=proc.returncode, command=[str(BUILD_QEMU)])
+    return lines[-1]
+
+
+def find_aavmf() -> tuple[Path, Path]:
+    """The UEFI firmware pair: scripts/fetch-guest-assets' answer when the
+    script is there, else Debian's qemu-efi-aarch64 location."""
+    code, vars_ = AAVMF_DIR / "AAVMF_CODE.fd", AAVMF_DIR / "AAVMF_VARS.fd"
+    if FETCH_ASSETS.is_file():
+        proc = subprocess.run([str(FETCH_ASSETS)], cwd=REPO, stdout=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, text=True)
+        if proc.returncode != 0:
+            raise LaunchError(f"scripts/fetch-guest-assets failed with status "
+                              f"{proc.returncode}", command=[str(FETCH_ASSETS)])
+        found = dict(ln.split("=", 1) for ln in proc.stdout.splitlines() if "=" in ln)
+        code = Path(found.get("AAVMF_CODE", code))
+        vars_ = Path(found.get("AAVMF_VARS", vars_))
+    for f in (code, vars_):
+        if not f.is_file():
+            raise LaunchError(f"UEFI firmware {f} not found (apt-get install qemu-efi-aarch64)")
+    return code, vars_
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _pdeathsig() -> Callable[[], None] | None:
+    """A preexec_fn that makes the child get SIGTERM if we die without
+    tearing it down (Linux prctl PR_SET_PDEATHSIG)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1
+
+    def setup() -> None:
+        prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    return setup
+
+
+def _pidfd(proc: subprocess.Popen[Any]) -> int | None:
+    try:
+        return os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        return None
+
+
+# ------------------------------------------------------------------- Launch
+
+class Launch:
+    """sdeid plus QEMU, wired together; a context manager that always tears
+    both down (QEMU first: SIGTERM, then SIGKILL after `kill_grace`; then the
+    daemon, which normally exits with the VM by itself).
+
+    capture_output=False: QEMU's stdout (the guest console) and stderr and
+    the daemon's stderr are inherited.  capture_output=True: console lines
+    are collected (`lines`, `readline`, `expect`), optionally echoed to
+    `echo`, console_input=True lets `send_console` type on the console, and
+    QEMU's and the daemon's stderr go to qemu.log / sdeid.log in the working
+    directory (quoted in LaunchError)."""
+
+    def __init__(self, qemu_args: Sequence[str] = (), *, qemu: str | None = None,
+                 smp: int = 2, memory: str = "1G", conduit: str = "hvc",
+                 firmware: str = "dt", sdeid_args: Sequence[str] = (),
+                 keep_dir: str | Path | None = None, capture_output: bool = False,
+                 echo: IO[str] | None = None, console_input: bool = False,
+                 ready_timeout: float = 30.0,
+                 kill_grace: float = 5.0, daemon_grace: float = 2.0) -> None:
+        if conduit not in ("hvc", "smc"):
+            raise ValueError(f"conduit must be 'hvc' or 'smc', not {conduit!r}")
+        if firmware not in ("dt", "uefi"):
+            raise ValueError(f"firmware must be 'dt' or 'uefi', not {firmware!r}")
+        if smp < 1:
+            raise ValueError("smp must be at least 1")
+        self.qemu_args = list(qemu_args)
+        self.qemu = qemu
+        self.smp = smp
+        self.memory = memory
+        self.conduit = conduit
+        self.firmware = firmware
+        self.sdeid_args = list(sdeid_args)
+        self.keep_dir = Path(keep_dir) if keep_dir is not None else None
+        self.capture_output = capture_output
+        self.echo = echo
+        self.console_input = console_input
+        self.ready_timeout = ready_timeout
+        self.kill_grace = kill_grace
+        self.daemon_grace = daemon_grace
+
+        self.workdir: Path | None = None
+        self.daemon_proc: subprocess.Popen[bytes] | None = None
+        self.qemu_proc: subprocess.Popen[bytes] | None = None
+        self.daemon_command: list[str] = []
+        self.qemu_command: list[str] = []
+        self.lines: list[str] = []
+        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._reader: threading.Thread | None = None
+        self._logs: list[IO[bytes]] = []
+        self._daemon_exit_seen: float | None = None
+        self._qmp_listener: socket.socket | None = None
+
+    # ----------------------------------------------------------- paths
+
+    def _path(self, name: str) -> Path:
+        assert self.workdir is not None, "not started"
+        return self.workdir / name
+
+    @property
+    def socket_path(self) -> Path:
+        return self._path("sdei.sock")
+
+    @property
+    def control_path(self) -> Path:
+        return self._path("control.sock")
+
+    @property
+    def qmp_path(self) -> Path:
+        return self._path("qmp.sock")
+
+    @property
+    def daemon_log(self) -> Path:
+        return self._path("sdeid.log")
+
+    @property
+    def qemu_log(self) -> Path:
+        return self._path("qemu.log")
+
+    # --------------------------------------------------------- lifecycle
+
+    def __enter__(self) -> Launch:
+        self.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.shutdown()
+
+    def start(self) -> None:
+        """Start the daemon, wait for READY, start QEMU.  On any failure both
+        are torn down and LaunchError says why."""
+        try:
+            self._start()
+        except BaseException:
+            self.shutdown()
+            raise
+
+    def _start(self) -> None:
+        if self.keep_dir is not None:
+            self.keep_dir.mkdir(parents=True, exist_ok=True)
+            self.workdir = self.keep_dir.resolve()
+        else:
+            self.workdir = Path(tempfile.mkdtemp(prefix="sdeid-run-"))
+        if len(str(self.control_path)) > SUN_PATH_MAX:
+            raise LaunchError(f"working directory {self.workdir} is too long for "
+                              "Unix socket paths")
+        qemu = find_qemu(self.qemu)
+        # The monitor reserved for the daemon listens before either process
+        # starts and QEMU inherits it: the daemon's QMP connect cannot race
+        # QEMU's start (it is queued until QEMU accepts).
+        if self.qmp_path.is_socket():
+            self.qmp_path.unlink()          # left by an earlier run in keep_dir
+        self._qmp_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._qmp_listener.bind(str(self.qmp_path))
+        self._qmp_listener.listen(1)
+        self._start_daemon()
+        self.qemu_command = [qemu, *self._qemu_argv()]
+        self._start_qemu()
+
+    def _open_log(self, path: Path) -> IO[bytes]:
+        f = open(path, "ab")
+        self._logs.append(f)
+        return f
+
+    def _start_daemon(self) -> None:
+        rfd, wfd = os.pipe()
+        self.daemon_command = [
+            sys.executable, "-m", "sdeid",
+            "--socket-path", str(self.socket_path),
+            "--control-socket", str(self.control_path),
+            "--qmp", str(self.qmp_path),
+            "--exit-with-vm", "--ready-fd", str(wfd), *self.sdeid_args]
+        stderr: Any = self._open_log(self.daemon_log) if self.capture_output else None
+        env = dict(os.environ)
+        # The daemon imports this very package, wherever it was loaded from.
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+        try:
+            self.daemon_proc = subprocess.Popen(
+                self.daemon_command, stdin=subprocess.DEVNULL, stdout=stderr,
+                stderr=stderr, pass_fds=(wfd,), env=env,
+                # Its own session: a terminal's ^C goes to QEMU (which we
+                # wait for), not to the daemon, which exits with the VM.
+                start_new_session=True, preexec_fn=_pdeathsig())
+        finally:
+            os.close(wfd)
+        try:
+            self._wait_ready(rfd)
+        finally:
+            os.close(rfd)
+
+    def _wait_ready(self, rfd: int) -> None:
+        """READY on the pipe is the proof; EOF without it means the daemon
+        died (or closed the fd) first."""
+        assert self.daemon_proc is not None
+        deadline = time.monotonic() + self.ready_timeout
+        data = b""
+        with selectors.DefaultSelector() as sel:
+            sel.register(rfd, selectors.EVENT_READ)
+            while b"\n" not in data:
+                left = deadline - time.monotonic()
+                if left <= 0 or not sel.select(left):
+                    raise LaunchError(f"sdeid not ready after {self.ready_timeout:g} s",
+                                      command=self.daemon_command, output=self._daemon_tail())
+                chunk = os.read(rfd, 64)
+                if not chunk:
+                    break
+                data += chunk
+        if data.strip() != b"READY":
+            try:
+                code = self.daemon_proc.wait(timeout=self.kill_grace)
+            except subprocess.TimeoutExpired:
+                code = None
+            raise LaunchError(
+                f"sdeid exited with status {code} before it was ready" if code is not None
+                else f"sdeid closed its ready pipe without READY ({data!r})",
+                exit_code=code, command=self.daemon_command, output=self._daemon_tail())
+
+    def _qemu_argv(self) -> list[str]:
+        assert self._qmp_listener is not None
+        machine = "virt,gic-version=3"
+        if self.conduit == "smc":
+            machine += ",virtualization=on"   # QEMU's PSCI (and so SDEI) conduit is SMC then
+        if self.firmware == "uefi":
+            machine += ",ras=on"
+        argv = [
+            "-M", machine, "-cpu", "max", "-smp", str(self.smp), "-m", self.memory,
+            "-nodefaults", "-display", "none", "-serial", "stdio",
+            "-chardev", f"socket,id=sdei0,path={self.socket_path},reconnect-ms=1000",
+            "-device", "sdei-user,chardev=sdei0",
+            "-chardev", f"socket,id=qmp0,fd={self._qmp_listener.fileno()},server=on,wait=off",
+            "-mon", "chardev=qmp0,mode=control",
+            "-no-reboot",
+        ]
+        if self.firmware == "uefi":
+            code, vars_ = find_aavmf()
+            vars_copy = self._path("AAVMF_VARS.fd")
+            shutil.copyfile(vars_, vars_copy)
+            argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={code}",
+                     "-drive", f"if=pflash,format=raw,file={vars_copy}"]
+        return argv + self.qemu_args
+
+    def _start_qemu(self) -> None:
+        if self.capture_output:
+            stdout: Any = subprocess.PIPE
+            stderr: Any = self._open_log(self.qemu_log)
+            stdin: Any = subprocess.PIPE if self.console_input else subprocess.DEVNULL
+        else:
+            stdout = stderr = stdin = None
+        assert self._qmp_listener is not None
+        try:
+            self.qemu_proc = subprocess.Popen(
+                self.qemu_command, stdin=stdin, stdout=stdout, stderr=stderr,
+                pass_fds=(self._qmp_listener.fileno(),), preexec_fn=_pdeathsig())
+        except OSError as e:
+            raise LaunchError(f"cannot start QEMU: {e.strerror}",
+                              command=self.qemu_command) from e
+        finally:
+            self._qmp_listener.close()      # QEMU has its own copy now
+        if self.capture_output:
+            assert self.qemu_proc.stdout is not None
+            self._reader = threading.Thread(target=self._read_console,
+                                            args=(self.qemu_proc.stdout,),
+                                            name="sdeid-run-console", daemon=True)
+            self._reader.start()
+
+    def _read_console(self, stream: IO[bytes]) -> None:
+        try:
+            for raw in stream:
+                line = raw.decode(errors="replace").rstrip("\r\n").replace("\r", "")
+                self.lines.append(line)
+                self._queue.put(line)
+                if self.echo is not None:
+                    try:
+                        self.echo.write(line + "\n")
+                        self.echo.flush()
+                    except (OSError, ValueError):
+                        pass
+        finally:
+            self._queue.put(None)
+
+    # ----------------------------------------------------------- console
+
+    def readline(self, timeout: float | None = None) -> str | None:
+        """The next console line (capture_output only); None at EOF.
+        Raises TimeoutError when nothing arrives within `timeout`."""
+        if not self.capture_output:
+            raise RuntimeError("readline needs capture_output=True")
+        try:
+            line = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no console output within {timeout} s") from None
+        if line is None:
+            self._queue.put(None)   # EOF stays EOF
+        return line
+
+    def iter_lines(self, timeout: float | None = None) -> Iterator[str]:
+        """Console lines until EOF; `timeout` bounds the whole iteration."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            line = self.readline(left)
+            if line is None:
+                return
+            yield line
+
+    def expect(self, pattern: str, timeout: float | None = None) -> re.Match[str]:
+        """Read console lines until one matches `pattern` (re.search)."""
+        rx = re.compile(pattern)
+        for line in self.iter_lines(timeout):
+            m = rx.search(line)
+            if m:
+                return m
+        raise LaunchError(f"console ended without a line matching {pattern!r}",
+                          output="\n".join(self.lines[-30:]))
+
+    def send_console(self, data: bytes) -> None:
+        """Type `data` on the guest's serial console (console_input only)."""
+        if self.qemu_proc is None or self.qemu_proc.stdin is None:
+            raise RuntimeError("send_console needs capture_output=True, console_input=True")
+        self.qemu_proc.stdin.write(data)
+        self.qemu_proc.stdin.flush()
+
+    def control(self, timeout: float = 10.0) -> ControlClient:
+        """A new connection to the daemon's control socket (close it)."""
+        return ControlClient(self.control_path, timeout)
+
+    def trigger(self, event: int, pe: int | None = None) -> None:
+        """`sdei-trigger` through the control socket."""
+        args: dict[str, Any] = {"event": event}
+        if pe is not None:
+            args["pe"] = pe
+        with self.control() as c:
+            c.execute("sdei-trigger", args)
+
+    # -------------------------------------------------------------- wait
+
+    def _daemon_tail(self) -> str:
+        return _tail(self.daemon_log) if self.capture_output and self.workdir else ""
+
+    def _qemu_tail(self) -> str:
+        return _tail(self.qemu_log) if self.capture_output and self.workdir else ""
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for QEMU to exit and return its status.  Raises TimeoutError
+        after `timeout`, and LaunchError when the daemon exits with a failure
+        while QEMU runs (or exits cleanly and QEMU does not follow within
+        `kill_grace`).  Tears nothing down: the context manager does."""
+        q, d = self.qemu_proc, self.daemon_proc
+        if q is None or d is None:
+            raise RuntimeError("not started")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        qfd, dfd = _pidfd(q), _pidfd(d)
+        try:
+            with selectors.DefaultSelector() as sel:
+                for fd in (qfd, dfd):
+                    if fd is not None:
+                        sel.register(fd, selectors.EVENT_READ)
+                while True:
+                    code = q.poll()
+                    if code is not None:
+                        return code
+                    limit = deadline
+                    dcode = d.poll()
+                    if dcode is not None:
+                        if dcode != 0:
+                            raise LaunchError(
+                                f"sdeid exited with status {dcode} while the VM was running",
+                                exit_code=dcode, command=self.daemon_command,
+                                output=self._daemon_tail())
+                        # --exit-with-vm: it leaves on SHUTDOWN, just before QEMU.
+                        now = time.monotonic()
+                        if self._daemon_exit_seen is None:
+                            self._daemon_exit_seen = now
+                        if dfd is not None:
+                            sel.unregister(dfd)
+                            os.close(dfd)
+                            dfd = None
+                        grace_end = self._daemon_exit_seen + self.kill_grace
+                        if now >= grace_end:
+                            raise LaunchError("sdeid exited while the VM was still running",
+                                              exit_code=dcode, command=self.daemon_command,
+                                              output=self._daemon_tail())
+                        limit = grace_end if limit is None else min(limit, grace_end)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise TimeoutError(f"the VM still runs after {timeout:g} s")
+                    step = None if limit is None else max(0.0, limit - time.monotonic())
+                    if qfd is None or (dfd is None and dcode is None):
+                        step = 0.05 if step is None else min(step, 0.05)   # no pidfd: poll
+                    sel.select(step)
+        finally:
+            for fd in (qfd, dfd):
+                if fd is not None:
+                    os.close(fd)
+
+    # ---------------------------------------------------------- teardown
+
+    def send_signal(self, signum: int) -> None:
+        """Forward a signal to QEMU (if it runs)."""
+        if self.qemu_proc is not None and self.qemu_proc.poll() is None:
+            self.qemu_proc.send_signal(signum)
+
+    @staticmethod
+    def _stop(proc: subprocess.Popen[Any] | None, grace: float, own_grace: float = 0.0) -> None:
+        """Let `proc` exit on its own for `own_grace`, then SIGTERM, then
+        SIGKILL after `grace`; always reaped."""
+        if proc is None:
+            return
+        if proc.poll() is None and own_grace > 0:
+            try:
+                proc.wait(timeout=own_grace)
+            except subprocess.TimeoutExpired:
+                pass
+        if proc.poll() is None:
+            try:
+                proc.terminate()
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            except ProcessLookupError:
+                pass
+        proc.wait()
+
+    def shutdown(self) -> None:
+        """Tear down QEMU, then the daemon; close logs; remove the working
+        directory unless it was given with keep_dir.  Idempotent."""
+        if self._qmp_listener is not None:
+            self._qmp_listener.close()
+        try:
+            self._stop(self.qemu_proc, self.kill_grace)
+        finally:
+            try:
+                self._stop(self.daemon_proc, self.kill_grace, own_grace=self.daemon_grace)
+            finally:
+                if self.qemu_proc is not None and self.qemu_proc.stdout is not None:
+                    if self._reader is not None:
+                        self._reader.join(timeout=self.kill_grace)
+                    self.qemu_proc.stdout.close()
+                if self.qemu_proc is not None and self.qemu_proc.stdin is not None:
+                    try:
+                        self.qemu_proc.stdin.close()
+                    except OSError:
+                        pass
+                for f in self._logs:
+                    f.close()
+                self._logs.clear()
+                if self.workdir is not None and self.keep_dir is None:
+                    shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+# --------------------------------------------------------------------- CLI
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog=PROG, description="Start sdeid and QEMU wired together; the guest console "
+        "is stdout.  Everything after `--` is passed to QEMU.",
+        epilog="Daemon options take the `=` form: --sdeid-arg=--event=100:shared:critical. "
+        "Exit status: 0 when the guest powers off, QEMU's status when it fails, 1 when "
+        "sdeid fails, 124 on --timeout, 128+N after signal N.")
+    ap.add_argument("--smp", type=int, default=2, metavar="N", help="CPUs (default 2)")
+    ap.add_argument("--memory", default="1G", metavar="SIZE", help="RAM (default 1G)")
+    ap.add_argument("--conduit", choices=["hvc", "smc"], default="hvc",
+                    help="SDEI/PSCI conduit; smc emulates EL2 (virtualization=on)")
+    ap.add_argument("--firmware", choices=["dt", "uefi"], default="dt",
+                    help="dt: direct kernel boot with a device tree; uefi: AAVMF + ACPI "
+                    "(ras=on)")
+    ap.add_argument("--qemu", metavar="PATH",
+                    help="qemu-system-aarch64 with the sdei-user device (default: "
+                    "$SDEID_QEMU, else scripts/build-qemu)")
+    ap.add_argument("--sdeid-arg", action="append", default=[], metavar="ARG",
+                    help="pass ARG to the daemon (repeatable)")
+    ap.add_argument("--keep-dir", type=Path, metavar="DIR",
+                    help="put the sockets (and firmware variables) in DIR and keep it")
+    ap.add_argument("--timeout", type=float, metavar="SECONDS",
+                    help="stop the VM and fail after SECONDS")
+    return ap
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--" in argv:
+        cut = argv.index("--")
+        ours, qemu_args = argv[:cut], argv[cut + 1:]
+    else:
+        ours, qemu_args = argv, []
+    args = build_parser().parse_args(ours)
+    if args.smp < 1:
+        build_parser().error("--smp must be at least 1")
+    if args.timeout is not None and args.timeout <= 0:
+        build_parser().error("--timeout must be positive")
+
+    launch = Launch(qemu_args, qemu=args.qemu, smp=args.smp, memory=args.memory,
+                    conduit=args.conduit, firmware=args.firmware,
+                    sdeid_args=args.sdeid_arg, keep_dir=args.keep_dir)
+    got: list[int] = []
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        got.append(signum)
+        if launch.qemu_proc is None:
+            raise _Interrupted()
+        launch.send_signal(signum)
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            launch.start()
+            print(f"{PROG}: control socket {launch.control_path} "
+                  f"(e.g. qmp-shell {launch.control_path})", file=sys.stderr, flush=True)
+            code = launch.wait(args.timeout)
+        except _Interrupted:
+            code = -1
+        except LaunchError as e:
+            print(f"{PROG}: {e.reason}", file=sys.stderr)
+            return EXIT_DAEMON
+        except TimeoutError:
+            print(f"{PROG}: timed out after {args.timeout:g} s", file=sys.stderr)
+            return EXIT_TIMEOUT
+        finally:
+            launch.shutdown()
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    d = launch.daemon_proc
+    if d is not None and d.returncode not in (0, None):
+        print(f"{PROG}: warning: sdeid exited with status {d.returncode} after the VM",
+              file=sys.stderr)
+    if got:
+        name = signal.Signals(got[0]).name
+        print(f"{PROG}: stopped by {name}", file=sys.stderr)
+        return 128 + got[0]
+    if code != 0:
+        reason = (f"QEMU killed by signal {-code}" if code < 0
+                  else f"QEMU exited with status {code}")
+        print(f"{PROG}: {reason}", file=sys.stderr)
+        return code if code > 0 else 1
+    return 0

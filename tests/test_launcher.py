@@ -1,0 +1,343 @@
+"""The launcher (`sdeid run`, sdeid.launcher.Launch) without QEMU.
+
+A fake `qemu-system-aarch64` stands in: it records its command line, proves
+the daemon was already serving when it started (it connects to the control
+socket and reports the daemon's pid from SO_PEERCRED), then exits, sleeps,
+or waits for a signal, as FAKE_QEMU_MODE says.  Every test also checks that
+the real daemon is gone afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from sdeid import launcher
+from sdeid.launcher import ControlClient, Launch, LaunchError
+
+FAKE_QEMU = textwrap.dedent("""\
+    #!PYTHON
+    import json, os, signal, socket, struct, sys, time
+
+    argv = sys.argv[1:]
+    print("FAKE-ARGV " + json.dumps(argv), flush=True)
+    ctl = os.path.join(os.path.dirname(
+        argv[argv.index("-chardev") + 1].split("path=")[1].split(",")[0]), "control.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(ctl)
+    pid, uid, gid = struct.unpack("3i", s.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    s.close()
+    print("FAKE-DAEMON-PID %d" % pid, flush=True)
+    mode = os.environ.get("FAKE_QEMU_MODE", "exit:0")
+    if mode.startswith("exit:"):
+        print("guest says bye\\r", flush=True)
+        sys.exit(int(mode[5:]))
+    if mode == "signal":
+        def on(sig, frame):
+            print("FAKE-GOT-SIGNAL %d" % sig, flush=True)
+            sys.exit(0)
+        signal.signal(signal.SIGTERM, on)
+        signal.signal(signal.SIGINT, on)
+        print("FAKE-WAITING", flush=True)
+        while True:
+            time.sleep(1)
+    if mode == "ignore-term":
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("FAKE-WAITING", flush=True)
+        while True:
+            time.sleep(1)
+    sys.exit(99)
+""").replace("PYTHON", sys.executable)
+
+
+@pytest.fixture
+def fake_qemu(tmp_path: Path) -> str:
+    path = tmp_path / "fake-qemu"
+    path.write_text(FAKE_QEMU)
+    path.chmod(0o755)
+    return str(path)
+
+
+def pid_gone(pid: int) -> bool:
+    """True once `pid` no longer exists (or is a zombie of someone else)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not pid_gone(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def run_cli(args: list[str], mode: str) -> subprocess.Popen[str]:
+    env = dict(os.environ, FAKE_QEMU_MODE=mode)
+    env["PYTHONPATH"] = str(launcher.REPO)
+    return subprocess.Popen([sys.executable, "-m", "sdeid", "run", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, cwd=launcher.REPO)
+
+
+def daemon_pid(out: str) -> int:
+    for line in out.splitlines():
+        if line.startswith("FAKE-DAEMON-PID "):
+            return int(line.split()[1])
+    raise AssertionError(f"fake QEMU did not report the daemon: {out!r}")
+
+
+def fake_argv(out: str) -> list[str]:
+    for line in out.splitlines():
+        if line.startswith("FAKE-ARGV "):
+            return list(json.loads(line[len("FAKE-ARGV "):]))
+    raise AssertionError(f"fake QEMU did not start: {out!r}")
+
+
+# ------------------------------------------------------------------ the CLI
+
+def test_cli_success_passes_console_and_exit_0(fake_qemu: str, tmp_path: Path) -> None:
+    p = run_cli(["--qemu", fake_qemu, "--smp", "4", "--memory", "256M",
+                 "--", "-kernel", "guest.bin", "-append", "a b"], "exit:0")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "guest says bye" in out
+    assert "control socket" in err and "control.sock" in err
+    argv = fake_argv(out)
+    assert argv[argv.index("-M") + 1] == "virt,gic-version=3"
+    assert argv[argv.index("-smp") + 1] == "4"
+    assert argv[argv.index("-m") + 1] == "256M"
+    assert argv[-4:] == ["-kernel", "guest.bin", "-append", "a b"]
+    for opt in ("-nodefaults", "-no-reboot"):
+        assert opt in argv
+    assert argv[argv.index("-serial") + 1] == "stdio"
+    assert argv[argv.index("-device") + 1] == "sdei-user,chardev=sdei0"
+    chardevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-chardev"]
+    assert chardevs[0].startswith("socket,id=sdei0,path=")
+    assert chardevs[0].endswith("sdei.sock,reconnect-ms=1000")
+    assert re.fullmatch(r"socket,id=qmp0,fd=\d+,server=on,wait=off", chardevs[1])
+    assert argv[argv.index("-mon") + 1] == "chardev=qmp0,mode=control"
+    workdir = Path(chardevs[0].split("path=")[1].split(",")[0]).parent
+    assert wait_gone(daemon_pid(out))
+    assert not workdir.exists()     # a temporary directory is removed
+
+
+def test_cli_smc_conduit_and_keep_dir(fake_qemu: str, tmp_path: Path) -> None:
+    keep = tmp_path / "run"
+    p = run_cli(["--qemu", fake_qemu, "--conduit", "smc", "--keep-dir", str(keep), "--"],
+                "exit:0")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    argv = fake_argv(out)
+    assert argv[argv.index("-M") + 1] == "virt,gic-version=3,virtualization=on"
+    assert f"path={keep.resolve()}/sdei.sock," in " ".join(argv)
+    assert keep.is_dir()            # kept
+    assert wait_gone(daemon_pid(out))
+    assert not (keep / "control.sock").exists()     # the daemon cleaned up after itself
+
+
+def test_cli_uefi_firmware_copies_vars(fake_qemu: str, tmp_path: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    code, vars_ = tmp_path / "CODE.fd", tmp_path / "VARS.fd"
+    code.write_bytes(b"c" * 16)
+    vars_.write_bytes(b"v" * 16)
+    monkeypatch.setattr(launcher, "find_aavmf", lambda: (code, vars_))
+    keep = tmp_path / "run"
+    lines: list[str] = []
+    with Launch(["-kernel", "k"], qemu=fake_qemu, firmware="uefi", keep_dir=keep,
+                capture_output=True) as vm:
+        assert vm.wait(timeout=60) == 0
+        lines = list(vm.lines)
+    argv = fake_argv("\n".join(lines))
+    assert argv[argv.index("-M") + 1] == "virt,gic-version=3,ras=on"
+    drives = [argv[i + 1] for i, a in enumerate(argv) if a == "-drive"]
+    assert drives == [f"if=pflash,format=raw,readonly=on,file={code}",
+                      f"if=pflash,format=raw,file={keep.resolve()}/AAVMF_VARS.fd"]
+    assert (keep / "AAVMF_VARS.fd").read_bytes() == vars_.read_bytes()
+
+
+def test_cli_qemu_failure_is_reported(fake_qemu: str) -> None:
+    p = run_cli(["--qemu", fake_qemu, "--"], "exit:3")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 3
+    assert "QEMU exited with status 3" in err
+    assert wait_gone(daemon_pid(out))
+
+
+def test_cli_daemon_failure_before_ready(fake_qemu: str) -> None:
+    p = run_cli(["--qemu", fake_qemu, "--sdeid-arg=--event=bogus", "--"], "exit:0")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1
+    assert "FAKE-ARGV" not in out   # QEMU never started
+    assert "before it was ready" in err.splitlines()[-1]
+
+
+def test_cli_sdeid_args_reach_the_daemon(fake_qemu: str, tmp_path: Path) -> None:
+    """A static event given with --sdeid-arg is known to the daemon: its
+    config accepted it (a bad one fails, see above) and it answers."""
+    p = run_cli(["--qemu", fake_qemu, "--sdeid-arg=--event=101:shared:critical",
+                 "--sdeid-arg=--log-level=debug", "--"], "exit:0")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "DEBUG" in err           # the daemon's stderr is ours in CLI mode
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_cli_forwards_signals_and_tears_down(fake_qemu: str, sig: signal.Signals) -> None:
+    p = run_cli(["--qemu", fake_qemu, "--"], "signal")
+    assert p.stdout is not None
+    seen: list[str] = []
+    for line in p.stdout:
+        seen.append(line)
+        if line.startswith("FAKE-WAITING"):
+            break
+    p.send_signal(sig)
+    out, err = p.communicate(timeout=60)
+    out = "".join(seen) + out
+    assert p.returncode == 128 + sig, err
+    assert f"FAKE-GOT-SIGNAL {int(sig)}" in out
+    assert f"stopped by {sig.name}" in err
+    assert wait_gone(daemon_pid(out))
+
+
+def test_cli_timeout_kills_a_stuck_vm(fake_qemu: str) -> None:
+    t0 = time.monotonic()
+    p = run_cli(["--qemu", fake_qemu, "--timeout", "1", "--"], "ignore-term")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 124
+    assert "timed out after 1 s" in err
+    assert time.monotonic() - t0 < 30
+    assert wait_gone(daemon_pid(out))
+
+
+def test_cli_usage_errors() -> None:
+    with pytest.raises(SystemExit) as e:
+        launcher.main(["--conduit", "pigeon", "--"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        launcher.main(["--smp", "0", "--"])
+
+
+def test_cli_missing_qemu_binary(tmp_path: Path) -> None:
+    p = run_cli(["--qemu", str(tmp_path / "no-such-qemu"), "--"], "exit:0")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 1
+    assert "cannot start QEMU" in err
+
+
+# ------------------------------------------------------------------ the API
+
+def test_api_capture_control_and_teardown(fake_qemu: str, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    monkeypatch.setenv("FAKE_QEMU_MODE", "signal")
+    with Launch(qemu=fake_qemu, smp=4, capture_output=True, kill_grace=5) as vm:
+        assert vm.qemu_proc is not None and vm.daemon_proc is not None
+        vm.expect(r"^FAKE-WAITING", timeout=30)
+        pid = daemon_pid("\n".join(vm.lines))
+        assert pid == vm.daemon_proc.pid
+        with vm.control() as c:
+            status = c.execute("query-status")
+            assert status["connected"] is False
+        with pytest.raises(TimeoutError):
+            vm.wait(timeout=0.2)
+        workdir = vm.workdir
+        assert workdir is not None and (workdir / "sdeid.log").exists()
+    assert vm.qemu_proc.returncode == 0        # SIGTERM, caught by the fake
+    assert vm.daemon_proc.returncode is not None
+    assert wait_gone(pid)
+    assert not workdir.exists()
+    assert any(ln.startswith("FAKE-GOT-SIGNAL 15") for ln in vm.lines)
+
+
+def test_api_sigkill_after_grace(fake_qemu: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FAKE_QEMU_MODE", "ignore-term")
+    t0 = time.monotonic()
+    with Launch(qemu=fake_qemu, capture_output=True, kill_grace=0.5) as vm:
+        vm.expect(r"^FAKE-WAITING", timeout=30)
+    assert vm.qemu_proc is not None and vm.qemu_proc.returncode == -signal.SIGKILL
+    assert vm.daemon_proc is not None and vm.daemon_proc.returncode is not None
+    assert time.monotonic() - t0 < 30
+
+
+def test_api_daemon_death_is_a_failure(fake_qemu: str, monkeypatch: pytest.MonkeyPatch
+                                       ) -> None:
+    monkeypatch.setenv("FAKE_QEMU_MODE", "signal")
+    with Launch(qemu=fake_qemu, capture_output=True, kill_grace=2) as vm:
+        vm.expect(r"^FAKE-WAITING", timeout=30)
+        assert vm.daemon_proc is not None
+        vm.daemon_proc.kill()
+        with pytest.raises(LaunchError, match="sdeid exited with status -9"):
+            vm.wait(timeout=30)
+    assert vm.qemu_proc is not None and vm.qemu_proc.returncode is not None
+
+
+def test_api_daemon_quit_while_vm_runs(fake_qemu: str, monkeypatch: pytest.MonkeyPatch
+                                       ) -> None:
+    """A daemon that leaves cleanly must be followed by QEMU within the grace."""
+    monkeypatch.setenv("FAKE_QEMU_MODE", "signal")
+    with Launch(qemu=fake_qemu, capture_output=True, kill_grace=0.5) as vm:
+        vm.expect(r"^FAKE-WAITING", timeout=30)
+        with vm.control() as c:
+            c.execute("quit")
+        with pytest.raises(LaunchError, match="still running"):
+            vm.wait(timeout=30)
+
+
+def test_api_start_failure_leaves_nothing(fake_qemu: str, tmp_path: Path) -> None:
+    vm = Launch(qemu=fake_qemu, sdeid_args=["--event=bogus"], capture_output=True,
+                keep_dir=tmp_path / "run")
+    with pytest.raises(LaunchError) as e:
+        vm.start()
+    assert "before it was ready" in e.value.reason
+    assert e.value.exit_code == 1
+    assert "bogus" in e.value.output            # the daemon's own one-line reason
+    assert vm.qemu_proc is None
+    assert vm.daemon_proc is not None and vm.daemon_proc.returncode == 1
+
+
+def test_control_client_reports_errors(fake_qemu: str, monkeypatch: pytest.MonkeyPatch
+                                       ) -> None:
+    monkeypatch.setenv("FAKE_QEMU_MODE", "signal")
+    with Launch(qemu=fake_qemu, capture_output=True) as vm:
+        vm.expect(r"^FAKE-WAITING", timeout=30)
+        with ControlClient(vm.control_path) as c:
+            from sdeid.launcher import ControlError
+            with pytest.raises(ControlError) as e:
+                c.execute("no-such-command")
+            assert e.value.cls == "CommandNotFound"
+            with pytest.raises(ControlError):   # no VM has connected
+                c.execute("sdei-trigger", {"event": 0})
+
+
+def test_find_qemu_prefers_explicit_then_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SDEID_QEMU", "/from/env")
+    assert launcher.find_qemu("/explicit") == "/explicit"
+    assert launcher.find_qemu(None) == "/from/env"
+    monkeypatch.delenv("SDEID_QEMU")
+    monkeypatch.setattr(launcher, "BUILD_QEMU", Path("/nonexistent/build-qemu"))
+    with pytest.raises(LaunchError, match="no QEMU"):
+        launcher.find_qemu(None)
+
+
+def test_socket_path_too_long(fake_qemu: str, tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 100)
+    with pytest.raises(LaunchError, match="too long"):
+        Launch(qemu=fake_qemu, keep_dir=deep).start()
+
