@@ -45,6 +45,13 @@
 #define ST_REG      SDEI_EVENT_STATUS_REGISTERED
 #define ST_EN       SDEI_EVENT_STATUS_ENABLED
 #define ST_RUN      SDEI_EVENT_STATUS_RUNNING
+/*
+ * A handler on another PE bumps its counters before it calls COMPLETE, so
+ * seeing the count is not seeing the completion: wait for that too before
+ * an UNREGISTER that must not answer PENDING.
+ */
+#define WAIT_NOT_RUNNING(ev) \
+    EXPECT_WAIT(!(sdei_event_status(ev) & ST_RUN), 2000000)
 
 /* ------------------------------------------------------------------ helpers */
 
@@ -964,6 +971,7 @@ TEST(conf_shared_rm_any)
     EXPECT_WAIT(atomic_read(&hs.total) == n + 2, 2000000);
     EXPECT_EQ(hs.log_cpu[n + 1], 2);
 
+    WAIT_NOT_RUNNING(ev);
     EXPECT_EQ(sdei_event_unregister(ev), 0);
     EXPECT_EQ(sdei_interrupt_release(ev), 0);
 out:
@@ -1008,6 +1016,7 @@ TEST(conf_shared_rm_pe)
     EXPECT_EQ(hs.count[2], 4);
 
     /* REGISTER with RM_PE directly, from another PE. */
+    WAIT_NOT_RUNNING(ev);
     EXPECT_EQ(sdei_event_unregister(ev), 0);
     EXPECT_EQ(CALL_ON(1, SDEI_EVENT_REGISTER, ev, EP, ARG(h_rtc), SDEI_EVENT_REGISTER_RM_PE,
                       smp_cpu_mpidr(3)), 0);
@@ -1018,6 +1027,7 @@ TEST(conf_shared_rm_pe)
     EXPECT_WAIT(atomic_read(&hs.count[3]) == 1, 2000000);
     EXPECT_EQ(hs.total, 5);
 
+    WAIT_NOT_RUNNING(ev);
     EXPECT_EQ(sdei_event_unregister(ev), 0);
     EXPECT_EQ(sdei_interrupt_release(ev), 0);
 out:
@@ -1131,6 +1141,7 @@ TEST(conf_bind_spi_rtc)
     EXPECT_EQ(hs.total, 2);                     /* the handler lowered the line */
 
     /* Release: the GIC gets the line back and delivers it as an IRQ. */
+    WAIT_NOT_RUNNING(ev);
     EXPECT_EQ(sdei_event_unregister(ev), 0);
     EXPECT_EQ(sdei_interrupt_release(ev), 0);
     EXPECT_EQ(sdei_interrupt_release(ev), INVALID);
