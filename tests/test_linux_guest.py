@@ -39,7 +39,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -121,8 +121,10 @@ class Vm:
     both processes whatever state they are in."""
 
     def __init__(self, qemu: str, assets: dict[str, str], workdir: Path, *, smp: int = 2,
-                 conduit: str = "hvc", sdei: bool = True, reboot: bool = False) -> None:
+                 conduit: str = "hvc", sdei: bool = True, reboot: bool = False,
+                 extra_args: list[str] | None = None) -> None:
         self.qemu, self.assets, self.dir = qemu, assets, workdir
+        self.extra_args = list(extra_args or [])   # appended to QEMU's command line
         self.smp, self.conduit, self.sdei, self.reboot = smp, conduit, sdei, reboot
         self.sock = workdir / "sdei.sock"
         self.ctl = workdir / "control.sock"
@@ -143,7 +145,7 @@ class Vm:
 
     # ---- start / stop
 
-    def start(self) -> Vm:
+    def start(self) -> Self:
         args = [self.qemu, "-M", "virt,gic-version=3"
                 + (",virtualization=on" if self.conduit == "smc" else ""),
                 "-cpu", "max", "-smp", str(self.smp), "-m", "1G", "-nodefaults",
@@ -156,6 +158,7 @@ class Vm:
             self._start_daemon()
             args += ["-chardev", f"socket,id=sdei0,path={self.sock},reconnect-ms=1000",
                      "-device", "sdei-user,chardev=sdei0"]
+        args += self.extra_args
         self.qemu_args = args
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
