@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sdeid.errors import StateError
+from sdeid.model.abi import Fid
 from sdeid.model.dispatcher import Dispatcher
 from sdeid.model.types import (
     ClaimLine,
@@ -32,6 +33,19 @@ from sdeid.wire import codec as w
 from sdeid.wire import spec
 
 log = logging.getLogger("sdeid.session")
+# One line per guest-visible event, at DEBUG (`--log-level debug`):
+#   CALL pe=1 PRIVATE_RESET ret=0 | DISPATCH pe=0 event=100 | RESET | PE_POWER pe=1 state=0
+trace = logging.getLogger("sdeid.trace")
+_FID_NAMES = {int(f): f.name for f in Fid}
+
+
+def _ret_text(update: RegisterUpdate) -> str:
+    if not update.mask & 1:
+        return "-"
+    x0 = update.x[0]
+    if x0 >> 63:
+        return str(x0 - (1 << 64))
+    return hex(x0) if x0 > 0xFFFF else str(x0)
 
 SUPPORTED_FEATURES = spec.FEATURES_ALL
 
@@ -119,6 +133,9 @@ class Session:
         if isinstance(msg, w.Call):
             self._check_pe(msg.pe)
             outcome = d.call(msg.pe, msg.fid, msg.args, msg.pc, msg.pstate)
+            if trace.isEnabledFor(logging.DEBUG):
+                trace.debug("CALL pe=%d %s ret=%s", msg.pe,
+                            _FID_NAMES.get(msg.fid, f"0x{msg.fid:x}"), _ret_text(outcome.update))
             self._effects(outcome.effects, out)
             out.append(_reg_reply(outcome.update, outcome.pull, hid, w.Call.CODE))
             return True
@@ -130,6 +147,7 @@ class Session:
             self._effects(result.effects, out)
             out.append(_reg_reply(result.update, result.pull, hid, w.Dispatch.CODE))
             if result.event is not None:
+                trace.debug("DISPATCH pe=%d event=%d", msg.pe, result.event)
                 self.backend.observe("SDEI_DISPATCH", {"pe": msg.pe, "event": result.event})
             return result.event is not None
         if isinstance(msg, w.LineLevel):
@@ -141,6 +159,7 @@ class Session:
                 out.append(w.encode(w.Ack(0), id=hid, request=w.LineLevel.CODE, reply=True))
             return True
         if isinstance(msg, w.Reset):
+            trace.debug("RESET")
             d.reset()
             self.backend.observe("SDEI_RESET", {})
             out.append(w.encode(w.Ack(0), id=hid, request=w.Reset.CODE, reply=True))
@@ -149,6 +168,7 @@ class Session:
             self._check_pe(msg.pe)
             if msg.state not in spec.PE_POWER_STATES.values():
                 raise w.BadPayload(f"PE_POWER state {msg.state} is unknown")
+            trace.debug("PE_POWER pe=%d state=%d", msg.pe, msg.state)
             self._effects(d.pe_power(msg.pe, msg.state), out)
             self.backend.observe("SDEI_PE_POWER", {"pe": msg.pe, "state": msg.state})
             out.append(w.encode(w.Ack(0), id=hid, request=w.PePower.CODE, reply=True))

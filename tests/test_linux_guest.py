@@ -15,8 +15,8 @@ sdei-user device forwards the guest's SDEI calls to a real sdeid.  Checked:
 
 The guest runs tests/linux/overlay/tests/console.sh, a command loop the test
 drives by writing lines to QEMU's stdin (`-serial stdio`).  The daemon runs
-under tests/linux/sdeid_trace.py, which records every SDEI call it answers
-(the daemon's own interfaces count calls but do not name them).  Boot times
+with `--log-level debug`, whose `sdeid.trace` lines name every SDEI call it
+answers, every reset and every PE power change, in order.  Boot times
 (QEMU start -> the initramfs's first line) are printed, not asserted: see
 them with `pytest -s`.
 
@@ -45,7 +45,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERLAY = ROOT / "tests" / "linux" / "overlay"
-TRACER = ROOT / "tests" / "linux" / "sdeid_trace.py"
 
 pytestmark = pytest.mark.integration
 
@@ -128,7 +127,6 @@ class Vm:
         self.smp, self.conduit, self.sdei, self.reboot = smp, conduit, sdei, reboot
         self.sock = workdir / "sdei.sock"
         self.ctl = workdir / "control.sock"
-        self.trace_path = workdir / "trace.log"
         self.daemon_log_path = workdir / "sdeid.log"
         self.console_path = workdir / "console.log"
         self.daemon: subprocess.Popen[bytes] | None = None
@@ -175,7 +173,7 @@ class Vm:
         env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
         with open(self.daemon_log_path, "wb") as log:
             self.daemon = subprocess.Popen(
-                [sys.executable, str(TRACER), str(self.trace_path),
+                [sys.executable, "-m", "sdeid",
                  "--socket-path", str(self.sock), "--control-socket", str(self.ctl),
                  "--ready-fd", str(w), "--log-level", "debug"],
                 pass_fds=(w,), stdin=subprocess.DEVNULL, stdout=log, stderr=log,
@@ -314,7 +312,10 @@ class Vm:
         return control(self.ctl, *commands)
 
     def trace(self) -> list[str]:
-        return self.trace_path.read_text().splitlines()
+        """The daemon's sdeid.trace lines: 'CALL pe=1 PE_MASK ret=1', 'RESET', ..."""
+        marker = " sdeid.trace: "
+        return [line.split(marker, 1)[1] for line in self.daemon_log().splitlines()
+                if marker in line]
 
     def console(self) -> list[str]:
         return [line for _, line in self.lines]
