@@ -34,7 +34,10 @@
 #define SDEID_F_STATE 0x1ULL
 #define SDEID_F_LINES 0x2ULL
 #define SDEID_F_PE_POWER 0x4ULL
-#define SDEID_F_ALL 0x7ULL
+#define SDEID_F_ERROR_RECORDS 0x8ULL
+#define SDEID_F_ALL 0xfULL
+
+#define SDEID_ERROR_MEMORY 1
 
 #define SDEID_PE_POWER_OFF 0
 #define SDEID_PE_POWER_ON 1
@@ -79,6 +82,7 @@ typedef enum SdeidRequest {
     SDEID_KICK = 32, /* be->fe */
     SDEID_LINE_CLAIM = 33, /* be->fe */
     SDEID_LINE_RELEASE = 34, /* be->fe */
+    SDEID_ERROR_RECORD = 35, /* be->fe */
 } SdeidRequest;
 
 typedef struct SdeidHeader {
@@ -106,7 +110,10 @@ typedef struct SdeidRegUpdate {
 } QEMU_PACKED SdeidRegUpdate;
 QEMU_BUILD_BUG_ON(sizeof(SdeidRegUpdate) != 184);
 
-/* HELLO: Handshake: protocol version, features offered, topology (MPIDR of each PE by index, number of SPIs of the interrupt controller). */
+/*
+ * HELLO: Handshake: protocol version, features offered, topology (MPIDR of
+ * each PE by index, number of SPIs of the interrupt controller).
+ */
 typedef struct SdeidHello {
     uint32_t version;
     uint32_t nr_pes;
@@ -124,7 +131,11 @@ typedef struct SdeidHelloReply {
 } QEMU_PACKED SdeidHelloReply;
 QEMU_BUILD_BUG_ON(sizeof(SdeidHelloReply) != 16);
 
-/* CALL: A forwarded SMCCC call: x0 (function ID) and x1..x5 of PE `pe`; pc is where the vCPU resumes (after the HVC/SMC), pstate the caller's PSTATE. */
+/*
+ * CALL: A forwarded SMCCC call: x0 (function ID) and x1..x5 of PE `pe`; pc
+ * is where the vCPU resumes (after the HVC/SMC), pstate the caller's
+ * PSTATE.
+ */
 typedef struct SdeidCall {
     uint32_t pe;
     uint32_t fid;
@@ -134,7 +145,12 @@ typedef struct SdeidCall {
 } QEMU_PACKED SdeidCall;
 QEMU_BUILD_BUG_ON(sizeof(SdeidCall) != 64);
 
-/* DISPATCH: Pulled by the vCPU after a KICK (or a reply with PULL): its current context (x0..x17, PC, PSTATE, SCTLR and VBAR of EL1 and EL2, the EL2 pair zero without EL2); the reply enters a handler (mask != 0) or does nothing. */
+/*
+ * DISPATCH: Pulled by the vCPU after a KICK (or a reply with PULL): its
+ * current context (x0..x17, PC, PSTATE, SCTLR and VBAR of EL1 and EL2, the
+ * EL2 pair zero without EL2); the reply enters a handler (mask != 0) or
+ * does nothing.
+ */
 typedef struct SdeidDispatch {
     uint32_t pe;
     uint32_t reserved;
@@ -148,7 +164,11 @@ typedef struct SdeidDispatch {
 } QEMU_PACKED SdeidDispatch;
 QEMU_BUILD_BUG_ON(sizeof(SdeidDispatch) != 200);
 
-/* LINE_LEVEL: The level of a claimed interrupt line changed (or is being reported right after LINE_CLAIM).  pe names the PE for a PPI, 0 for an SPI. */
+/*
+ * LINE_LEVEL: The level of a claimed interrupt line changed (or is being
+ * reported right after LINE_CLAIM).  pe names the PE for a PPI, 0 for an
+ * SPI.
+ */
 typedef struct SdeidLineLevel {
     uint32_t intid;
     uint32_t pe;
@@ -157,7 +177,10 @@ typedef struct SdeidLineLevel {
 } QEMU_PACKED SdeidLineLevel;
 QEMU_BUILD_BUG_ON(sizeof(SdeidLineLevel) != 16);
 
-/* PE_POWER: A PE was powered off, powered on (PSCI CPU_ON), or woke from a power-down suspend.  Sent before that vCPU runs again. */
+/*
+ * PE_POWER: A PE was powered off, powered on (PSCI CPU_ON), or woke from a
+ * power-down suspend.  Sent before that vCPU runs again.
+ */
 typedef struct SdeidPePower {
     uint32_t pe;
     uint32_t state;
@@ -171,28 +194,55 @@ typedef struct SdeidGetStateReply {
 } QEMU_PACKED SdeidGetStateReply;
 QEMU_BUILD_BUG_ON(sizeof(SdeidGetStateReply) != 8);
 
-/* SET_STATE: Replace the dispatcher state with a blob (migration post_load).  The back-end re-asserts the lines the new state owns before it replies. */
+/*
+ * SET_STATE: Replace the dispatcher state with a blob (migration
+ * post_load).  The back-end re-asserts the lines the new state owns before
+ * it replies.
+ */
 /* SdeidSetState: the payload is an opaque byte string */
 
-/* KICK: Something may be dispatchable on PE `pe`: the front-end schedules a DISPATCH on that vCPU at its next safe point. */
+/*
+ * KICK: Something may be dispatchable on PE `pe`: the front-end schedules
+ * a DISPATCH on that vCPU at its next safe point.
+ */
 typedef struct SdeidKick {
     uint32_t pe;
     uint32_t reserved;
 } QEMU_PACKED SdeidKick;
 QEMU_BUILD_BUG_ON(sizeof(SdeidKick) != 8);
 
-/* LINE_CLAIM: Divert an interrupt line from the interrupt controller to the back-end; the front-end answers with LINE_LEVEL carrying the current level. */
+/*
+ * LINE_CLAIM: Divert an interrupt line from the interrupt controller to
+ * the back-end; the front-end answers with LINE_LEVEL carrying the current
+ * level.
+ */
 typedef struct SdeidLineClaim {
     uint32_t intid;
     uint32_t pe;
 } QEMU_PACKED SdeidLineClaim;
 QEMU_BUILD_BUG_ON(sizeof(SdeidLineClaim) != 8);
 
-/* LINE_RELEASE: Hand an interrupt line back to the interrupt controller with its current level. */
+/*
+ * LINE_RELEASE: Hand an interrupt line back to the interrupt controller
+ * with its current level.
+ */
 typedef struct SdeidLineRelease {
     uint32_t intid;
     uint32_t pe;
 } QEMU_PACKED SdeidLineRelease;
 QEMU_BUILD_BUG_ON(sizeof(SdeidLineRelease) != 8);
+
+/*
+ * ERROR_RECORD: Write an error record into the firmware-first error source
+ * (ACPI GHES) whose notification is SDEI event `event`: kind 1 is a memory
+ * error at guest physical address `address`.  Sent before the back-end
+ * triggers that event, so the guest's handler finds it.
+ */
+typedef struct SdeidErrorRecord {
+    uint32_t event;
+    uint32_t kind;
+    uint64_t address;
+} QEMU_PACKED SdeidErrorRecord;
+QEMU_BUILD_BUG_ON(sizeof(SdeidErrorRecord) != 16);
 
 #endif /* SDEID_PROTOCOL_H */

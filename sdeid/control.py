@@ -26,6 +26,7 @@ from sdeid import __version__
 from sdeid.errors import ConfigError
 from sdeid.model.abi import EventType, Ret
 from sdeid.server import Daemon
+from sdeid.wire.spec import ERROR_KINDS
 
 log = logging.getLogger("sdeid.control")
 MAX_LINE = 64 * 1024
@@ -107,6 +108,7 @@ class ControlServer:
             "query-state-blob": self.query_state_blob,
             "query-events": self.query_events,
             "sdei-trigger": self.sdei_trigger,
+            "sdei-inject-error": self.sdei_inject_error,
             "query-commands": self.query_commands,
             "quit": self.quit,
         }
@@ -311,6 +313,27 @@ class ControlServer:
             raise QmpError("Parameter 'pe' must be an integer", "GenericError")
         try:
             ret = self.daemon.trigger(event, pe)
+        except LookupError as e:
+            raise QmpError(str(e)) from e
+        if ret != Ret.SUCCESS:
+            raise QmpError(f"event {event} cannot be triggered: {Ret(ret).name}")
+        return {}
+
+    def sdei_inject_error(self, args: dict[str, Any]) -> dict[str, Any]:
+        """Write a memory-error record into the VM's firmware-first error
+        source (ACPI GHES) notified by `event`, then fire the event:
+        {"event": N, "address": GPA, "pe"?: N}."""
+        event, address, pe = args.get("event"), args.get("address"), args.get("pe")
+        for name, v in (("event", event), ("address", address)):
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise QmpError(f"Parameter '{name}' is missing or not a non-negative integer")
+        if pe is not None and (not isinstance(pe, int) or isinstance(pe, bool)):
+            raise QmpError("Parameter 'pe' must be an integer")
+        assert isinstance(event, int) and isinstance(address, int)
+        if address >= 1 << 64 or event >= 1 << 31:
+            raise QmpError("Parameter out of range")
+        try:
+            ret = self.daemon.inject_error(event, ERROR_KINDS["MEMORY"], address, pe)
         except LookupError as e:
             raise QmpError(str(e)) from e
         if ret != Ret.SUCCESS:

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from sdeid.errors import ConfigError, PeerError, StateError
+from sdeid.model.abi import EventType
 from sdeid.model.dispatcher import Dispatcher
 from sdeid.model.types import PlatformConfig
 from sdeid.session import Backend, ConnState, Session
+from sdeid.wire import spec
 
 log = logging.getLogger("sdeid.server")
 
@@ -237,6 +239,30 @@ class Daemon:
         self._observe("SDEI_TRIGGER", {"event": event, "pe": pe, "status": int(ret)})
         self._changed()
         return int(ret)
+
+    def inject_error(self, event: int, kind: int, address: int, pe: int | None) -> int:
+        """Record a platform error in the front-end's firmware-first error
+        source notified by `event`, then raise `event`.  The record goes
+        out first on the same ordered socket, so it is in guest memory
+        before any vCPU can enter the handler.  Raises LookupError when
+        this cannot be done; returns the trigger's SDEI status."""
+        d = self.backend.dispatcher
+        if d is None or self.active is None:
+            raise LookupError("no VM is connected")
+        session = self.active.session
+        if not session.features & spec.FEATURES["ERROR_RECORDS"]:
+            raise LookupError("the VMM has no firmware-first error sources "
+                              "(feature ERROR_RECORDS not negotiated)")
+        ev = d.events.get(event)
+        if ev is None or ev.dynamic:
+            raise LookupError(f"event {event} is not a static platform event")
+        inst = d.shared.get(event) if ev.type == EventType.SHARED else (
+            d.private[pe].get(event) if pe is not None and 0 <= pe < len(d.pes) else None)
+        if inst is None or not inst.state.registered:
+            raise LookupError(f"event {event} is not registered by the guest")
+        self.active.send_effects(session.encode_error_record(event, kind, address))
+        self._observe("SDEI_ERROR_RECORD", {"event": event, "kind": kind, "address": address})
+        return self.trigger(event, pe)
 
     # ------------------------------------------------------------ hooks
 

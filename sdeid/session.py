@@ -249,6 +249,11 @@ class Session:
             elif isinstance(e, ReleaseLine):
                 out.append(w.encode(w.LineRelease(e.intid, e.pe), id=self._next_id))
 
+    def encode_error_record(self, event: int, kind: int, address: int) -> bytes:
+        """An ERROR_RECORD frame; the caller checks the feature first."""
+        self._next_id += 1
+        return w.encode(w.ErrorRecord(event, kind, address), id=self._next_id)
+
     def encode_effects(self, effects: tuple[Effect, ...]) -> bytes:
         """Frames for effects raised outside a front-end request."""
         if self.state != ConnState.READY:

@@ -49,7 +49,7 @@ def test_print_capabilities() -> None:
     caps = json.loads(out.stdout)
     assert caps["type"] == "sdei"
     assert caps["protocol-version"] == 1
-    assert set(caps["features"]) == {"state", "lines", "pe-power"}
+    assert set(caps["features"]) == {"state", "lines", "pe-power", "error-records"}
     assert caps["sdei-versions"] == ["1.0", "1.1"]
 
 

@@ -383,3 +383,49 @@ async def test_control_socket_survives_garbage(daemon: Daemon, tmp_path: Path) -
         await wr.wait_closed()
     finally:
         await control.close()
+
+
+async def test_error_injection_writes_the_record_before_the_event(daemon: Daemon,
+                                                                 tmp_path: Path) -> None:
+    control = ControlServer(daemon, on_quit=lambda: None)
+    await control.listen(tmp_path / "ctl.sock")
+    qmp = QMPClient("ops")
+    await qmp.connect(str(tmp_path / "ctl.sock"))
+    f = fe(daemon)
+    try:
+        def arm() -> None:
+            f.connect()
+            f.call(1, Fid.EVENT_REGISTER, SHARED_EV, EP, 0xE44, 0, 0)
+            f.call(1, Fid.PE_UNMASK)
+
+        await run(arm)
+        with pytest.raises(ExecuteError, match="not registered"):
+            await qmp.execute("sdei-inject-error", {"event": 101, "address": 0x1000})
+        with pytest.raises(ExecuteError, match="static platform event"):
+            await qmp.execute("sdei-inject-error", {"event": 2000, "address": 0x1000})
+        with pytest.raises(ExecuteError, match="non-negative"):
+            await qmp.execute("sdei-inject-error", {"event": SHARED_EV, "address": -1})
+        await run(f.call, 1, Fid.EVENT_ENABLE, SHARED_EV)
+        await qmp.execute("sdei-inject-error", {"event": SHARED_EV, "address": 0x4000_2000})
+        await run(f.drain, 2.0)
+        assert f.error_records == [(SHARED_EV, spec.ERROR_KINDS["MEMORY"], 0x4000_2000)]
+        assert f.log[-2:] == ["ErrorRecord", "Kick"]   # the record first, then the kick
+        assert await run(f.pump) == [(1, SHARED_EV)]
+    finally:
+        await run(f.close)
+        await qmp.disconnect()
+        await control.close()
+
+
+async def test_error_injection_needs_the_feature(daemon: Daemon) -> None:
+    f = FrontEnd(str(daemon.socket_path), MPIDRS,
+                 features=spec.FEATURES_ALL & ~spec.FEATURES["ERROR_RECORDS"])
+
+    def arm() -> None:
+        f.connect()
+        f.call(0, Fid.EVENT_REGISTER, SHARED_EV, EP, 1, 0, 0)
+
+    await run(arm)
+    with pytest.raises(LookupError, match="ERROR_RECORDS"):
+        daemon.inject_error(SHARED_EV, 1, 0x1000, None)
+    await run(f.close)

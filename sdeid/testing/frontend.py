@@ -77,6 +77,7 @@ class FrontEnd:
         self.claimed: set[tuple[int, int]] = set()
         self.levels: dict[tuple[int, int], int] = {}
         self.gic_seen: list[tuple[int, int, int]] = []  # (intid, pe, level) the GIC got
+        self.error_records: list[tuple[int, int, int]] = []  # (event, kind, address)
         self.features = 0
         self.sock: socket.socket | None = None
         self.reader = w.FrameReader(w.FRONTEND_ACCEPTS)
@@ -176,6 +177,10 @@ class FrontEnd:
             key = (msg.intid, msg.pe)
             self.claimed.add(key)
             self._send(w.LineLevel(msg.intid, msg.pe, self.levels.get(key, 0)))
+        elif isinstance(msg, w.ErrorRecord):
+            if not self.features & spec.FEATURES["ERROR_RECORDS"]:
+                raise FrontEndError("ERROR_RECORD without the ERROR_RECORDS feature")
+            self.error_records.append((msg.event, msg.kind, msg.address))
         elif isinstance(msg, w.LineRelease):
             key = (msg.intid, msg.pe)
             if key not in self.claimed:

@@ -215,12 +215,21 @@ class LineRelease:
     CODE: ClassVar[int] = 34
 
 
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
+    event: int
+    kind: int
+    address: int
+    CODE: ClassVar[int] = 35
+
+
 Message = (Hello | HelloReply | Call | RegUpdate | Dispatch | LineLevel | Reset | Ack
-           | PePower | GetState | StateReply | SetState | Kick | LineClaim | LineRelease)
+           | PePower | GetState | StateReply | SetState | Kick | LineClaim | LineRelease
+           | ErrorRecord)
 
 REQUEST_TYPES: dict[int, type] = {
     1: Hello, 2: Call, 3: Dispatch, 4: LineLevel, 5: Reset, 6: PePower,
-    7: GetState, 8: SetState, 32: Kick, 33: LineClaim, 34: LineRelease,
+    7: GetState, 8: SetState, 32: Kick, 33: LineClaim, 34: LineRelease, 35: ErrorRecord,
 }
 REPLY_TYPES: dict[int, type] = {
     1: HelloReply, 2: RegUpdate, 3: RegUpdate, 5: Ack, 6: Ack, 7: StateReply, 8: Ack,

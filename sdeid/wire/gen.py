@@ -12,6 +12,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,9 @@ def header_text() -> str:
         out.append(f"#define SDEID_F_{name} 0x{bit:x}ULL")
     out.append(f"#define SDEID_F_ALL 0x{spec.FEATURES_ALL:x}ULL")
     out.append("")
+    for name, val in spec.ERROR_KINDS.items():
+        out.append(f"#define SDEID_ERROR_{name} {val}")
+    out.append("")
     for name, val in spec.PE_POWER_STATES.items():
         out.append(f"#define SDEID_PE_POWER_{name} {val}")
     out.append("")
@@ -126,7 +130,7 @@ def header_text() -> str:
     out.append("")
     for m in spec.MESSAGES:
         if m.request:
-            out.append(f"/* {m.name}: {m.doc} */")
+            out.append(_comment(f"{m.name}: {m.doc}"))
             out.append(_c_struct(f"Sdeid{_camel(m.name)}", m.request))
             out.append("")
         if m.reply is not None and m.reply not in (spec.Ack, spec.RegUpdate):
@@ -134,6 +138,14 @@ def header_text() -> str:
             out.append("")
     out += ["#endif /* SDEID_PROTOCOL_H */", ""]
     return "\n".join(out)
+
+
+def _comment(text: str) -> str:
+    """A C block comment wrapped to QEMU's line length."""
+    lines = textwrap.wrap(text, 72)
+    if len(lines) == 1:
+        return f"/* {lines[0]} */"
+    return "\n".join(["/*", *(f" * {line}" for line in lines), " */"])
 
 
 def _camel(name: str) -> str:
@@ -191,6 +203,8 @@ def _valid_vectors() -> list[tuple[str, bytes]]:
         ("kick", w.encode(w.Kick(3), id=0x100)),
         ("line_claim_spi", w.encode(w.LineClaim(34, 0), id=0x101)),
         ("line_release_ppi", w.encode(w.LineRelease(30, 2), id=0x102)),
+        ("error_record_memory", w.encode(w.ErrorRecord(100, spec.ERROR_KINDS["MEMORY"],
+                                                       0x40001000), id=0x103)),
     ]
 
 

@@ -46,10 +46,14 @@ FEATURES = {
     "STATE": 1 << 0,      # GET_STATE/SET_STATE: migration without a blocker
     "LINES": 1 << 1,      # LINE_CLAIM/LINE_RELEASE/LINE_LEVEL (bound interrupts)
     "PE_POWER": 1 << 2,   # PE_POWER reports of PSCI CPU_ON/CPU_OFF/wake-up
+    "ERROR_RECORDS": 1 << 3,  # ERROR_RECORD: the front-end has firmware-first error sources
 }
 FEATURES_ALL = 0
 for _bit in FEATURES.values():
     FEATURES_ALL |= _bit
+
+# ERROR_RECORD kinds.
+ERROR_KINDS = {"MEMORY": 1}   # a memory error at a guest physical address
 
 # PE_POWER states.
 PE_POWER_STATES = {"OFF": 0, "ON": 1, "WAKE": 2}
@@ -260,6 +264,19 @@ MESSAGES: tuple[Message, ...] = (
         None,
         "Hand an interrupt line back to the interrupt controller with its "
         "current level.",
+    ),
+    Message(
+        35, "ERROR_RECORD", "be->fe",
+        (
+            ("event", "u32"),
+            ("kind", "u32"),
+            ("address", "u64"),
+        ),
+        None,
+        "Write an error record into the firmware-first error source (ACPI "
+        "GHES) whose notification is SDEI event `event`: kind 1 is a memory "
+        "error at guest physical address `address`.  Sent before the "
+        "back-end triggers that event, so the guest's handler finds it.",
     ),
 )
 
