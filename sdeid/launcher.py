@@ -1,7 +1,8 @@
 """`sdeid run`: start sdeid and QEMU wired together, and tear both down.
 
     sdeid run [--smp N] [--memory SIZE] [--conduit hvc|smc] [--firmware dt|uefi]
-              [--qemu PATH] [--sdeid-arg ARG]... [--keep-dir DIR]
+              [--qemu PATH] [--sdeid-arg ARG]... [--sdei-device-props PROPS]
+              [--keep-dir DIR]
               [--timeout SECONDS] -- QEMU-ARGS...
 
 The daemon starts first and proves it listens (READY on a pipe, never a
@@ -235,6 +236,7 @@ class Launch:
     def __init__(self, qemu_args: Sequence[str] = (), *, qemu: str | None = None,
                  smp: int = 2, memory: str = "1G", conduit: str = "hvc",
                  firmware: str = "dt", sdeid_args: Sequence[str] = (),
+                 device_props: str = "",
                  keep_dir: str | Path | None = None, capture_output: bool = False,
                  echo: IO[str] | None = None, console_input: bool = False,
                  ready_timeout: float = 30.0,
@@ -252,6 +254,9 @@ class Launch:
         self.conduit = conduit
         self.firmware = firmware
         self.sdeid_args = list(sdeid_args)
+        # extra sdei-user properties, e.g. "ghes-event=100" (a HEST error
+        # source notified by that SDEI event; needs firmware="uefi")
+        self.device_props = device_props.strip(",")
         self.keep_dir = Path(keep_dir) if keep_dir is not None else None
         self.capture_output = capture_output
         self.echo = echo
@@ -409,7 +414,8 @@ class Launch:
             "-M", machine, "-cpu", "max", "-smp", str(self.smp), "-m", self.memory,
             "-nodefaults", "-display", "none", "-serial", "stdio",
             "-chardev", f"socket,id=sdei0,path={self.socket_path},reconnect-ms=1000",
-            "-device", "sdei-user,chardev=sdei0",
+            "-device", "sdei-user,chardev=sdei0"
+            + (f",{self.device_props}" if self.device_props else ""),
             "-chardev", f"socket,id=qmp0,fd={self._qmp_listener.fileno()},server=on,wait=off",
             "-mon", "chardev=qmp0,mode=control",
             "-no-reboot",
@@ -652,6 +658,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "$SDEID_QEMU, else scripts/build-qemu)")
     ap.add_argument("--sdeid-arg", action="append", default=[], metavar="ARG",
                     help="pass ARG to the daemon (repeatable)")
+    ap.add_argument("--sdei-device-props", default="", metavar="PROPS",
+                    help="extra properties of the sdei-user device, e.g. ghes-event=100 "
+                    "(with --firmware uefi: a HEST error source notified by that event)")
     ap.add_argument("--keep-dir", type=Path, metavar="DIR",
                     help="put the sockets (and firmware variables) in DIR and keep it")
     ap.add_argument("--timeout", type=float, metavar="SECONDS",
@@ -678,7 +687,8 @@ def main(argv: list[str] | None = None) -> int:
 
     launch = Launch(qemu_args, qemu=args.qemu, smp=args.smp, memory=args.memory,
                     conduit=args.conduit, firmware=args.firmware,
-                    sdeid_args=args.sdeid_arg, keep_dir=args.keep_dir)
+                    sdeid_args=args.sdeid_arg, device_props=args.sdei_device_props,
+                    keep_dir=args.keep_dir)
     got: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

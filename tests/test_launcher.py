@@ -173,6 +173,23 @@ def test_cli_uefi_firmware_copies_vars(fake_qemu: str, tmp_path: Path,
     assert (keep / "AAVMF_VARS.fd").read_bytes() == vars_.read_bytes()
 
 
+def test_sdei_device_props(fake_qemu: str, tmp_path: Path) -> None:
+    # CLI: --sdei-device-props lands on the sdei-user device
+    p = run_cli(["--qemu", fake_qemu, "--sdei-device-props", "ghes-event=100", "--"], "exit:0")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    argv = fake_argv(out)
+    assert argv[argv.index("-device") + 1] == "sdei-user,chardev=sdei0,ghes-event=100"
+    assert wait_gone(daemon_pid(out))
+    # API: device_props; without it the device line is unchanged
+    for props, want in (("ghes-event=7", "sdei-user,chardev=sdei0,ghes-event=7"),
+                        ("", "sdei-user,chardev=sdei0")):
+        with Launch([], qemu=fake_qemu, device_props=props, capture_output=True) as vm:
+            assert vm.wait(timeout=60) == 0
+            argv = fake_argv("\n".join(vm.lines))
+        assert argv[argv.index("-device") + 1] == want
+
+
 def test_cli_qemu_failure_is_reported(fake_qemu: str) -> None:
     p = run_cli(["--qemu", fake_qemu, "--"], "exit:3")
     out, err = p.communicate(timeout=60)
