@@ -1,0 +1,170 @@
+"""A hardware error delivered to a stock Linux guest through SDEI, end to end.
+
+Debian's cloud arm64 kernel boots with UEFI (AAVMF) and ACPI on the patched
+QEMU with `-M virt,ras=on` and `-device sdei-user,...,ghes-event=100`, so HEST
+has a second GHESv2 error source (source id 1) notified by SDEI event 100, a
+static shared event of the daemon (`--event 100:shared:normal`).  Checked:
+
+- the guest finds the SDEI table and detects SDEI, and its GHES driver
+  registers and enables event 100 at boot (query-sdei);
+- `sdei-inject-error {"event": 100, "address": GPA}` on the control socket
+  makes the daemon send ERROR_RECORD (QEMU writes a CPER memory-error record
+  into the source's error status block) and then trigger the event; the
+  guest's GHES SDEI handler logs `[Hardware Error]` lines naming the memory
+  error at that address;
+- the daemon counted the dispatch and its completion, and the guest printed
+  no SDEI error.
+
+The guest runs tests/linux/overlay/tests/console.sh (see test_linux_guest.py),
+driven through QEMU's stdin.  Integration test: it runs in CI and fails, never
+skips, when QEMU or the guest assets cannot be had, unless
+SDEID_SKIP_INTEGRATION=1.  Every step has a timeout and the VM and the daemon
+are always torn down (sdeid.launcher.Launch).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sdeid.launcher import Launch, LaunchError
+
+ROOT = Path(__file__).resolve().parents[1]
+OVERLAY = ROOT / "tests" / "linux" / "overlay"
+
+pytestmark = pytest.mark.integration
+
+if os.environ.get("SDEID_SKIP_INTEGRATION") == "1":
+    pytest.skip("SDEID_SKIP_INTEGRATION=1", allow_module_level=True)
+
+EVENT = 100
+ADDRESS = 0x40000000 + 64 * 1024 * 1024      # guest RAM starts at 1 GiB on virt
+APPEND = "console=ttyAMA0 acpi=force panic=-1 sdeid.test=console"
+BOOT_TIMEOUT = 180.0     # UEFI + kernel under TCG, up to the command prompt
+STEP_TIMEOUT = 60.0
+DETECTED = "sdei: SDEIv1.1 (0x53444549) detected in firmware."
+SDEI_ERROR = re.compile(r"sdei: .*([Ff]ailed|disabling)|sdei_.*fail|GHES: .*SDE")
+
+
+def _fail(msg: str) -> None:
+    pytest.fail(f"{msg}; set SDEID_SKIP_INTEGRATION=1 to skip integration tests on purpose",
+                pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def qemu() -> str:
+    if os.environ.get("SDEID_QEMU"):        # as sdeid.launcher.find_qemu
+        return os.environ["SDEID_QEMU"]
+    try:
+        out = subprocess.run([str(ROOT / "scripts/build-qemu")], capture_output=True,
+                             stdin=subprocess.DEVNULL, timeout=3600)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        _fail(f"scripts/build-qemu: {e}")
+    if out.returncode != 0:
+        _fail(f"scripts/build-qemu failed:\n{out.stderr.decode(errors='replace')[-3000:]}")
+    path = out.stdout.decode().strip().splitlines()[-1]
+    if not (Path(path).is_absolute() and os.access(path, os.X_OK)):
+        _fail(f"scripts/build-qemu printed {path!r}, not an executable")
+    return path
+
+
+@pytest.fixture(scope="module")
+def assets() -> dict[str, str]:
+    try:
+        out = subprocess.run([str(ROOT / "scripts/fetch-guest-assets"), "--extra", str(OVERLAY)],
+                             capture_output=True, stdin=subprocess.DEVNULL, timeout=1800)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        _fail(f"scripts/fetch-guest-assets: {e}")
+    if out.returncode != 0:
+        _fail("scripts/fetch-guest-assets failed:\n"
+              + out.stderr.decode(errors="replace")[-3000:])
+    found = dict(line.split("=", 1) for line in out.stdout.decode().splitlines() if "=" in line)
+    for key in ("KERNEL", "INITRD", "AAVMF_CODE", "AAVMF_VARS"):
+        if key not in found or not Path(found[key]).is_file():
+            _fail(f"scripts/fetch-guest-assets gave no {key}: {out.stdout.decode()!r}")
+    return found
+
+
+def _expect(vm: Launch, pattern: str, timeout: float, what: str) -> re.Match[str]:
+    try:
+        return vm.expect(pattern, timeout=timeout)
+    except (TimeoutError, LaunchError) as e:
+        pytest.fail(f"{what}: no console line matching {pattern!r} ({e})\n"
+                    "--- console tail:\n" + "\n".join(vm.lines[-40:])
+                    + "\n--- qemu.log:\n" + _read(vm.qemu_log)
+                    + "\n--- sdeid.log:\n" + _read(vm.daemon_log), pytrace=False)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")[-3000:]
+    except OSError:
+        return ""
+
+
+def test_memory_error_is_logged_by_the_guest(qemu: str, assets: dict[str, str],
+                                             tmp_path: Path) -> None:
+    args = ["-kernel", assets["KERNEL"], "-initrd", assets["INITRD"], "-append", APPEND]
+    with Launch(args, qemu=qemu, firmware="uefi", smp=2, memory="1G",
+                sdeid_args=["--event", f"{EVENT}:shared:normal"],
+                device_props=f"ghes-event={EVENT}", keep_dir=tmp_path / "run",
+                capture_output=True, console_input=True,
+                echo=sys.stdout if os.environ.get("SDEID_TEST_ECHO") else None) as vm:
+        _expect(vm, r"SDEID-CMD\? 1$", BOOT_TIMEOUT, "boot")
+        console = list(vm.lines)
+        assert any(re.search(r"ACPI: SDEI 0x", ln) for ln in console), "no ACPI SDEI table"
+        assert any(re.search(r"ACPI: HEST 0x", ln) for ln in console), "no ACPI HEST table"
+        assert any(DETECTED in ln for ln in console), "SDEI not detected"
+
+        with vm.control(timeout=STEP_TIMEOUT) as ctl:
+            sdei = ctl.execute("query-sdei")
+            regs = [r for r in sdei["registered"] if r["event"] == EVENT]
+            assert len(regs) == 1, f"event {EVENT} not registered by GHES: {sdei}"
+            assert regs[0]["type"] == "shared" and regs[0]["state"] == "enabled", regs
+            before = ctl.execute("query-stats")
+
+            ctl.execute("sdei-inject-error", {"event": EVENT, "address": ADDRESS})
+            _expect(vm, r"\[Hardware Error\]: Hardware error from APEI Generic Hardware "
+                    r"Error Source: 1$", STEP_TIMEOUT, "GHES report")
+            _expect(vm, r"\[Hardware Error\]:\s+section_type: memory error$",
+                    STEP_TIMEOUT, "memory error section")
+            m = _expect(vm, r"\[Hardware Error\]:\s+physical_address: (0x[0-9a-f]+)$",
+                        STEP_TIMEOUT, "physical address")
+            assert int(m.group(1), 16) == ADDRESS
+
+            deadline = time.monotonic() + STEP_TIMEOUT
+            while True:
+                stats = ctl.execute("query-stats")
+                done = stats.get("completions", 0) > before.get("completions", 0)
+                if done or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert stats.get("dispatches", 0) == before.get("dispatches", 0) + 1, stats
+            assert stats.get("completions", 0) == before.get("completions", 0) + 1, stats
+            observed = ctl.execute("query-events")
+            records = [e["data"] for e in observed if e["event"] == "SDEI_ERROR_RECORD"]
+            assert records == [{"event": EVENT, "kind": 1, "address": ADDRESS}], observed
+            triggers = [e["data"] for e in observed if e["event"] == "SDEI_TRIGGER"]
+            assert [t["event"] for t in triggers] == [EVENT] and triggers[0]["status"] == 0
+            # after completion the event is enabled again and nothing is left pending
+            regs = [r for r in ctl.execute("query-sdei")["registered"] if r["event"] == EVENT]
+            assert regs and regs[0]["state"] == "enabled" and not regs[0]["pending"], regs
+
+        vm.send_console(b"poweroff -f\n")
+        assert vm.wait(timeout=STEP_TIMEOUT) == 0
+        console = list(vm.lines)
+
+    hw = [ln for ln in console if "[Hardware Error]" in ln]
+    print("\n".join(hw))
+    bad = [ln for ln in console if SDEI_ERROR.search(ln)]
+    assert not bad, f"SDEI errors on the console: {bad}"
+    # QEMU wrote the record: no complaint about the error source (a
+    # disconnect at power-off, when the daemon goes away with the VM, is fine)
+    qemu_log = _read(tmp_path / "run" / "qemu.log")
+    assert not re.search(r"error source|GHES|Generic Error Status|OSPM|CPER", qemu_log), qemu_log
