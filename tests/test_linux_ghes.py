@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,9 +33,10 @@ from pathlib import Path
 import pytest
 
 from sdeid.launcher import Launch, LaunchError
-
-ROOT = Path(__file__).resolve().parents[1]
-OVERLAY = ROOT / "tests" / "linux" / "overlay"
+from tests.test_linux_guest import (
+    assets,  # noqa: F401 - a fixture
+    qemu,  # noqa: F401 - a fixture
+)
 
 pytestmark = pytest.mark.integration
 
@@ -52,43 +52,10 @@ DETECTED = "sdei: SDEIv1.1 (0x53444549) detected in firmware."
 SDEI_ERROR = re.compile(r"sdei: .*([Ff]ailed|disabling)|sdei_.*fail|GHES: .*SDE")
 
 
-def _fail(msg: str) -> None:
-    pytest.fail(f"{msg}; set SDEID_SKIP_INTEGRATION=1 to skip integration tests on purpose",
-                pytrace=False)
-
-
-@pytest.fixture(scope="module")
-def qemu() -> str:
-    if os.environ.get("SDEID_QEMU"):        # as sdeid.launcher.find_qemu
-        return os.environ["SDEID_QEMU"]
-    try:
-        out = subprocess.run([str(ROOT / "scripts/build-qemu")], capture_output=True,
-                             stdin=subprocess.DEVNULL, timeout=3600)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        _fail(f"scripts/build-qemu: {e}")
-    if out.returncode != 0:
-        _fail(f"scripts/build-qemu failed:\n{out.stderr.decode(errors='replace')[-3000:]}")
-    path = out.stdout.decode().strip().splitlines()[-1]
-    if not (Path(path).is_absolute() and os.access(path, os.X_OK)):
-        _fail(f"scripts/build-qemu printed {path!r}, not an executable")
-    return path
-
-
-@pytest.fixture(scope="module")
-def assets() -> dict[str, str]:
-    try:
-        out = subprocess.run([str(ROOT / "scripts/fetch-guest-assets"), "--extra", str(OVERLAY)],
-                             capture_output=True, stdin=subprocess.DEVNULL, timeout=1800)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        _fail(f"scripts/fetch-guest-assets: {e}")
-    if out.returncode != 0:
-        _fail("scripts/fetch-guest-assets failed:\n"
-              + out.stderr.decode(errors="replace")[-3000:])
-    found = dict(line.split("=", 1) for line in out.stdout.decode().splitlines() if "=" in line)
-    for key in ("KERNEL", "INITRD", "AAVMF_CODE", "AAVMF_VARS"):
+def _check_firmware(found: dict[str, str]) -> None:
+    for key in ("AAVMF_CODE", "AAVMF_VARS"):
         if key not in found or not Path(found[key]).is_file():
-            _fail(f"scripts/fetch-guest-assets gave no {key}: {out.stdout.decode()!r}")
-    return found
+            pytest.fail(f"scripts/fetch-guest-assets gave no {key}: {found}", pytrace=False)
 
 
 def _expect(vm: Launch, pattern: str, timeout: float, what: str) -> re.Match[str]:
@@ -108,8 +75,9 @@ def _read(path: Path) -> str:
         return ""
 
 
-def test_memory_error_is_logged_by_the_guest(qemu: str, assets: dict[str, str],
+def test_memory_error_is_logged_by_the_guest(qemu: str, assets: dict[str, str],  # noqa: F811
                                              tmp_path: Path) -> None:
+    _check_firmware(assets)    # Launch(firmware="uefi") takes the same pair (find_aavmf)
     args = ["-kernel", assets["KERNEL"], "-initrd", assets["INITRD"], "-append", APPEND]
     with Launch(args, qemu=qemu, firmware="uefi", smp=2, memory="1G",
                 sdeid_args=["--event", f"{EVENT}:shared:normal"],
