@@ -588,6 +588,36 @@ class Launch:
         if self.qemu_proc is not None and self.qemu_proc.poll() is None:
             self.qemu_proc.send_signal(signum)
 
+    def restart_daemon(self) -> None:
+        """Kill sdeid (SIGKILL, as a crash would) and start it again with
+        the same command line while QEMU keeps running: what a supervisor
+        does.  With --state-file among sdeid_args the new daemon restores
+        the dispatcher; QEMU reconnects on its own (reconnect-ms)."""
+        d = self.daemon_proc
+        if d is None or self.qemu_proc is None:
+            raise RuntimeError("not started")
+        if d.poll() is None:
+            d.kill()
+        d.wait()
+        self._daemon_exit_seen = None
+        self._start_daemon()
+
+    def wait_connected(self, timeout: float = 30.0) -> None:
+        """Until the daemon reports QEMU connected (query-status), e.g. after
+        restart_daemon().  Raises TimeoutError.  Right after a stalled daemon
+        resumes this may still see the old connection."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with self.control(timeout=5) as ctl:
+                    if ctl.execute("query-status")["connected"]:
+                        return
+            except (ControlError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"QEMU not connected to sdeid after {timeout:g} s")
+            time.sleep(0.2)
+
     @staticmethod
     def _stop(proc: subprocess.Popen[Any] | None, grace: float, own_grace: float = 0.0) -> None:
         """Let `proc` exit on its own for `own_grace`, then SIGTERM, then

@@ -305,6 +305,32 @@ def test_api_daemon_death_is_a_failure(fake_qemu: str, monkeypatch: pytest.Monke
     assert vm.qemu_proc is not None and vm.qemu_proc.returncode is not None
 
 
+def test_api_restart_daemon(fake_qemu: str, monkeypatch: pytest.MonkeyPatch,
+                            tmp_path: Path) -> None:
+    """restart_daemon: the old daemon is killed and reaped, a new one serves
+    the same control socket, QEMU is untouched, teardown still works."""
+    monkeypatch.setenv("FAKE_QEMU_MODE", "signal")
+    state = tmp_path / "sdeid.state"
+    with Launch(qemu=fake_qemu, capture_output=True, kill_grace=5,
+                sdeid_args=["--state-file", str(state)]) as vm:
+        vm.expect(r"^FAKE-WAITING", timeout=30)
+        old, qemu_pid = vm.daemon_proc, vm.qemu_proc
+        assert old is not None and qemu_pid is not None
+        vm.restart_daemon()
+        assert old.returncode == -signal.SIGKILL
+        assert vm.daemon_proc is not None and vm.daemon_proc is not old
+        assert vm.daemon_proc.poll() is None and vm.qemu_proc is qemu_pid
+        assert vm.daemon_command[-2:] == ["--state-file", str(state)]
+        with vm.control() as c:
+            assert c.execute("query-status")["connected"] is False
+        with pytest.raises(TimeoutError, match="not connected"):
+            vm.wait_connected(0.5)         # the fake QEMU never connects
+        with pytest.raises(TimeoutError):
+            vm.wait(timeout=0.2)           # the new daemon counts as healthy
+        new = vm.daemon_proc
+    assert new.returncode is not None and wait_gone(new.pid)
+
+
 def test_api_daemon_quit_while_vm_runs(fake_qemu: str, monkeypatch: pytest.MonkeyPatch
                                        ) -> None:
     """A daemon that leaves cleanly must be followed by QEMU within the grace."""
