@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -37,6 +38,8 @@ RUN_TIMEOUT = 300.0
 RESULT = re.compile(r"^SDEI-TEST (\S+) (PASS|FAIL)(?: (.*))?$")
 SUMMARY = re.compile(r"^SDEI-TEST-SUMMARY passed=(\d+) failed=(\d+)$")
 TRIGGER = re.compile(r"^SDEI-WAIT-TRIGGER (\d+)(?: (\d+))?$")
+HOST_STEP = re.compile(r"^SDEI-WAIT-HOST (\d+)$")
+NAMED_ONLY = ("bench_", "outage_")     # src/harness.c: run only when named
 
 
 def _skip_requested() -> bool:
@@ -73,15 +76,16 @@ def qemu_binary() -> str:
 def registered_cases() -> list[str]:
     """The cases a default run executes, in run order, read from the guest's
     sources in the Makefile's order (TEST(name) / TEST_TIMEOUT(name, us)).
-    bench_* cases are registered too but, as in src/harness.c, run only when
-    named on the command line, so a default run must not expect them."""
+    bench_* and outage_* cases are registered too but, as in src/harness.c,
+    run only when named on the command line, so a default run must not
+    expect them."""
     make = (GUEST / "Makefile").read_text()
     files = re.findall(r"cases/\w+\.c", make)
     names: list[str] = []
     for f in files:
         text = (GUEST / f).read_text()
         names += re.findall(r"^TEST(?:_TIMEOUT)?\((\w+)", text, re.M)
-    return [n for n in names if not n.startswith("bench_")]
+    return [n for n in names if not n.startswith(NAMED_ONLY)]
 
 
 def run_guest(image: Path, qemu: str, conduit: str) -> tuple[dict[str, tuple[str, str]],
@@ -164,3 +168,59 @@ def test_guest_conformance(guest_image: Path, qemu_binary: str, conduit: str) ->
         tail = "\n".join(log[-80:])
         pytest.fail(f"[{conduit}] " + "\n".join(problems) + f"\n--- console (tail):\n{tail}",
                     pytrace=False)
+
+
+# ------------------------------------------------------------ back-end outage
+
+def test_backend_outage(guest_image: Path, qemu_binary: str, tmp_path: Path) -> None:
+    """The daemon stalls, then crashes and is restarted, under a running
+    guest (tests/guest case outage_backend): a call to the stalled daemon
+    returns NOT_SUPPORTED after QEMU's reply timeout with a clear error in
+    QEMU's log; QEMU reconnects by itself; the guest's registration survives
+    both the reconnect and the restart from --state-file, and a trigger
+    after the restart reaches the guest's handler."""
+    state = tmp_path / "sdeid.state"
+    steps: list[int] = []
+    results: dict[str, str] = {}
+    with Launch(["-kernel", str(guest_image), "-append", "tests=outage_backend"],
+                qemu=qemu_binary, smp=1, memory="256M",
+                sdeid_args=["--event=100:shared:normal", "--state-file", str(state)],
+                keep_dir=tmp_path / "run", capture_output=True, console_input=True) as vm:
+        for line in vm.iter_lines(timeout=RUN_TIMEOUT):
+            m = HOST_STEP.match(line)
+            if m:
+                step = int(m.group(1))
+                steps.append(step)
+                assert vm.daemon_proc is not None
+                if step == 1:
+                    vm.wait_connected(10)
+                    os.kill(vm.daemon_proc.pid, signal.SIGSTOP)
+                elif step == 2:
+                    os.kill(vm.daemon_proc.pid, signal.SIGCONT)
+                    vm.wait_connected(30)
+                elif step == 3:
+                    vm.restart_daemon()
+                    vm.wait_connected(30)
+                vm.send_console(b"+%d\n" % step)
+                continue
+            m = TRIGGER.match(line)
+            if m:
+                vm.trigger(int(m.group(1)))
+                vm.send_console(b"+%s\n" % m.group(1).encode())
+                continue
+            m = RESULT.match(line)
+            if m:
+                results[m.group(1)] = f"{m.group(2)} {m.group(3) or ''}".strip()
+            if SUMMARY.match(line):
+                break
+        console = list(vm.lines)
+        qemu_log = vm.qemu_log.read_text(errors="replace")
+        daemon_log = vm.daemon_log.read_text(errors="replace")
+    print("\n".join(ln for ln in console if "outage_backend" in ln))
+    assert steps == [1, 2, 3], console[-30:]
+    assert results == {"outage_backend": "PASS"}, "\n".join(console[-40:])
+    # QEMU said why it dropped the back-end, and came back without help
+    assert re.search(r"sdei-user: no reply to request \d+ within \d+ ms", qemu_log), qemu_log
+    # the restarted daemon began from the state file (the guest's
+    # EVENT_STATUS after step 3 shows the registration came with it)
+    assert f"restored dispatcher state from {state}" in daemon_log, daemon_log[-3000:]

@@ -154,30 +154,39 @@ static void ack_poll(void)
     }
 }
 
-/* Ask the host to trigger a static event; true once it says it did. */
-static bool host_trigger(u32 event, int pe)
+/*
+ * Announce "SDEI-WAIT-<what> <tag> [<pe>]" and wait (bounded) for the host's
+ * "+<tag>" (done) or "!<tag>" (failed).  True once it says it did.
+ */
+static bool host_wait(const char *what, u32 tag, int pe, u64 timeout_us)
 {
     ack_poll();
-    ack_take(event);                    /* a stale ack is not ours */
+    ack_take(tag);                      /* a stale ack is not ours */
     if (pe < 0)
-        printf("SDEI-WAIT-TRIGGER %u\n", event);
+        printf("SDEI-WAIT-%s %u\n", what, tag);
     else
-        printf("SDEI-WAIT-TRIGGER %u %d\n", event, pe);
-    u64 dl = deadline_us(15000000);
+        printf("SDEI-WAIT-%s %u %d\n", what, tag, pe);
+    u64 dl = deadline_us(timeout_us);
     while (!deadline_passed(dl)) {
         ack_poll();
-        s32 st = ack_take(event);
+        s32 st = ack_take(tag);
         if (st > 0)
             return true;
         if (st < 0) {
-            test_fail(__FILE__, __LINE__, "the host could not trigger event %u", event);
+            test_fail(__FILE__, __LINE__, "the host could not do %s %u", what, tag);
             return false;
         }
         cpu_relax();
     }
-    test_fail(__FILE__, __LINE__, "no host acknowledgement for a trigger of event %u "
-              "(run this under tests/test_guest_conformance.py)", event);
+    test_fail(__FILE__, __LINE__, "no host acknowledgement for %s %u (run this under "
+              "tests/test_guest_conformance.py)", what, tag);
     return false;
+}
+
+/* Ask the host to trigger a static event; true once it says it did. */
+static bool host_trigger(u32 event, int pe)
+{
+    return host_wait("TRIGGER", event, pe, 15000000);
 }
 
 /* A handler that counts, logs and deasserts its source. */
@@ -1364,5 +1373,52 @@ TEST_TIMEOUT(conf_priorities, 60000000)
     EXPECT_EQ(np.ctx0_after, np.ctx0_before);
     EXPECT_EQ(sdei_event_status(EV_SHARED_CRIT), ST_REG | ST_EN);
     EXPECT_EQ(sdei_event_status(0), ST_REG | ST_EN);
+    sdei_clean();
+}
+
+/* ------------------------------------------------------- back-end outage */
+
+/*
+ * The back-end stalls, dies and comes back while this guest runs (driven by
+ * tests/test_qemu_series.py; runs only when named).  Each step is announced
+ * as SDEI-WAIT-HOST <step> and the host answers "+<step>" when done:
+ *   1: sdeid is stopped (SIGSTOP).  Our next call gets no reply: QEMU gives
+ *      up after its reply timeout, drops the back-end and answers
+ *      NOT_SUPPORTED instead of hanging the vCPU.
+ *   2: sdeid continues and QEMU reconnects (reconnect-ms): calls work again
+ *      and our registration is still there.
+ *   3: sdeid was killed and a new one started from its --state-file, and
+ *      QEMU reconnected: the registration survived, and a trigger of the
+ *      event reaches our handler.
+ */
+TEST_TIMEOUT(outage_backend, 120000000)
+{
+    sdei_clean();
+    hs_reset();
+    ASSERT_EQ(sdei_event_register(EV_SHARED_NORMAL, EP, ARG(h_count),
+                                  SDEI_EVENT_REGISTER_RM_ANY, 0), 0);
+    ASSERT_EQ(sdei_event_enable(EV_SHARED_NORMAL), 0);
+    ASSERT_EQ(sdei_pe_unmask(), 0);
+
+    if (!host_wait("HOST", 1, -1, 30000000))
+        return;
+    u64 t0 = timer_count();
+    EXPECT_EQ(sdei_version(), SDEI_NOT_SUPPORTED);
+    printf("  [outage_backend] a call to a stalled back-end returned after %lu ms\n",
+           ticks_to_ns(timer_count() - t0) / 1000000);
+
+    if (!host_wait("HOST", 2, -1, 60000000))
+        return;
+    /* The host saw the daemon report a connection, but that may still have
+     * been the old one, which the daemon had not yet found closed. */
+    EXPECT_WAIT(sdei_version() > 0, 10000000);
+    EXPECT_EQ(sdei_event_status(EV_SHARED_NORMAL), ST_REG | ST_EN);
+
+    if (!host_wait("HOST", 3, -1, 60000000))
+        return;
+    EXPECT_EQ(sdei_event_status(EV_SHARED_NORMAL), ST_REG | ST_EN);
+    if (host_trigger(EV_SHARED_NORMAL, -1))
+        EXPECT_WAIT(atomic_read(&hs.total) == 1, 5000000);
+    EXPECT_EQ(hs.last[0].x[0], EV_SHARED_NORMAL);
     sdei_clean();
 }
