@@ -13,7 +13,9 @@ static shared event of the daemon (`--event 100:shared:normal`).  Checked:
   guest's GHES SDEI handler logs `[Hardware Error]` lines naming the memory
   error at that address;
 - the daemon counted the dispatch and its completion, and the guest printed
-  no SDEI error.
+  no SDEI error;
+- after sdeid is killed and restarted from its --state-file, QEMU reconnects,
+  the registration is still there and a second memory error is reported.
 
 The guest runs tests/linux/overlay/tests/console.sh (see test_linux_guest.py),
 driven through QEMU's stdin.  Integration test: it runs in CI and fails, never
@@ -45,6 +47,7 @@ if os.environ.get("SDEID_SKIP_INTEGRATION") == "1":
 
 EVENT = 100
 ADDRESS = 0x40000000 + 64 * 1024 * 1024      # guest RAM starts at 1 GiB on virt
+ADDRESS2 = ADDRESS + 2 * 1024 * 1024
 APPEND = "console=ttyAMA0 acpi=force panic=-1 sdeid.test=console"
 BOOT_TIMEOUT = 180.0     # UEFI + kernel under TCG, up to the command prompt
 STEP_TIMEOUT = 60.0
@@ -80,7 +83,8 @@ def test_memory_error_is_logged_by_the_guest(qemu: str, assets: dict[str, str], 
     _check_firmware(assets)    # Launch(firmware="uefi") takes the same pair (find_aavmf)
     args = ["-kernel", assets["KERNEL"], "-initrd", assets["INITRD"], "-append", APPEND]
     with Launch(args, qemu=qemu, firmware="uefi", smp=2, memory="1G",
-                sdeid_args=["--event", f"{EVENT}:shared:normal"],
+                sdeid_args=["--event", f"{EVENT}:shared:normal",
+                            "--state-file", str(tmp_path / "sdeid.state")],
                 device_props=f"ghes-event={EVENT}", keep_dir=tmp_path / "run",
                 capture_output=True, console_input=True,
                 echo=sys.stdout if os.environ.get("SDEID_TEST_ECHO") else None) as vm:
@@ -123,6 +127,19 @@ def test_memory_error_is_logged_by_the_guest(qemu: str, assets: dict[str, str], 
             # after completion the event is enabled again and nothing is left pending
             regs = [r for r in ctl.execute("query-sdei")["registered"] if r["event"] == EVENT]
             assert regs and regs[0]["state"] == "enabled" and not regs[0]["pending"], regs
+
+        # sdeid crashes and a supervisor restarts it from its --state-file:
+        # QEMU reconnects by itself and the GHES registration is still there,
+        # so a second memory error reaches the guest the same way.
+        vm.restart_daemon()
+        vm.wait_connected(STEP_TIMEOUT)
+        with vm.control(timeout=STEP_TIMEOUT) as ctl:
+            regs = [r for r in ctl.execute("query-sdei")["registered"] if r["event"] == EVENT]
+            assert regs and regs[0]["state"] == "enabled", regs
+            ctl.execute("sdei-inject-error", {"event": EVENT, "address": ADDRESS2})
+            m = _expect(vm, r"\[Hardware Error\]:\s+physical_address: (0x[0-9a-f]+)$",
+                        STEP_TIMEOUT, "physical address after the restart")
+            assert int(m.group(1), 16) == ADDRESS2
 
         vm.send_console(b"poweroff -f\n")
         assert vm.wait(timeout=STEP_TIMEOUT) == 0
