@@ -152,6 +152,10 @@ class Dispatcher:
         # Instances with a trigger waiting (edge pending or line high).
         self.pending: set[tuple[int, int]] = set()
         self.stats: dict[str, int] = {"calls": 0, "dispatches": 0, "completions": 0}
+        # The INTIDs the front-end can intercept (None: any PPI or SPI).  Not
+        # state: each connection advertises its own, and INTERRUPT_BIND
+        # refuses the rest instead of accepting a line that never fires.
+        self.interceptable: frozenset[int] | None = None
 
     # ------------------------------------------------------------------ lookup
 
@@ -360,6 +364,8 @@ class Dispatcher:
         topo = self.topology
         if not (topo.is_ppi(intid) or topo.is_spi(intid)):
             return Ret.INVALID_PARAMETERS
+        if self.interceptable is not None and intid not in self.interceptable:
+            return Ret.INVALID_PARAMETERS
         if intid in self.by_intid:
             return self.by_intid[intid]
         want = EventType.PRIVATE if topo.is_ppi(intid) else EventType.SHARED
@@ -536,6 +542,10 @@ class Dispatcher:
         if event not in self.bound:
             inst.pending = False    # an edge trigger is consumed by its dispatch
             self.pending.discard(key)
+        elif inst.pending:          # so is a latched pulse of a bound line
+            inst.pending = False
+            if not self.levels.get(self._line_key(self.bound[event], pe)):
+                self.pending.discard(key)
         client_el = inst.client_el
         sctlr, vbar = ((ctx.sctlr_el2, ctx.vbar_el2) if client_el == 2
                        else (ctx.sctlr_el1, ctx.vbar_el1))
@@ -632,16 +642,23 @@ class Dispatcher:
 
     # ------------------------------------------------------------- triggers
 
-    def line_level(self, intid: int, pe: int, level: bool) -> tuple[Effect, ...]:
-        """A claimed line changed level.  Lines this dispatcher does not own
-        are ignored (a level report can race with a release)."""
+    def line_level(self, intid: int, pe: int, level: bool,
+                   edges: int = 0) -> tuple[Effect, ...]:
+        """A claimed line changed level.  `edges` counts rising edges the
+        front-end latched since its last report: a pulse that is already
+        over (edges with the line low) still triggers the event once, as a
+        GIC would have latched it.  Lines this dispatcher does not own are
+        ignored (a level report can race with a release)."""
         key = self._line_key(intid, pe)
         if key not in self.levels:
             return ()
         self.levels[key] = bool(level)
         event = self.by_intid[intid]
         pkey = self._key(event, key[1])
-        if level:
+        inst = self._peek(event, key[1])
+        if edges and not level and inst is not None and inst.state.registered:
+            inst.pending = True     # latched until its dispatch consumes it
+        if level or (inst is not None and inst.pending):
             self.pending.add(pkey)
         else:
             self.pending.discard(pkey)
@@ -677,9 +694,9 @@ class Dispatcher:
     def reset(self) -> None:
         """System reset: back to the state of a fresh boot.  The front-end
         has already handed every claimed line back to the GIC."""
-        stats = self.stats
+        stats, interceptable = self.stats, self.interceptable
         self.__init__(self.topology, self.config)  # type: ignore[misc]
-        self.stats = stats
+        self.stats, self.interceptable = stats, interceptable
 
     def resync(self) -> tuple[Effect, ...]:
         """Forget outstanding kicks and kick again where something is due:
