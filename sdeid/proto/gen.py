@@ -40,7 +40,7 @@ def c_struct(name: str, layout: spec.Layout) -> str:
     """A packed struct; runs of scalars of one type share a declaration, to
     keep the header (part of QEMU's line budget) short."""
     lines = [f"typedef struct {name} {{"]
-    run_type, run = "", []
+    run_type, run = "", list[str]()
 
     def flush() -> None:
         if run:
