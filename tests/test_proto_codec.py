@@ -106,9 +106,18 @@ def test_descriptors_must_match_the_frames_that_need_them() -> None:
         r.next_frame()
     r = c.ControlReader("fe->be")
     r.feed(_frame("RESET"), [5])
+    assert r.next_frame() is not None
     with pytest.raises(c.MissingFd):
-        r.next_frame()
+        r.check_drained()
     assert r.take_fds() == [5]
+
+
+def test_a_descriptor_goes_to_the_frame_that_takes_it_in_one_chunk() -> None:
+    r = c.ControlReader("fe->be")
+    r.feed(_frame("RESET") + _frame("VCPU_CHANNEL", pe=0, mpidr=0), [5])
+    assert r.next_frame().fds == ()  # type: ignore[union-attr]
+    assert r.next_frame().fds == (5,)  # type: ignore[union-attr]
+    r.check_drained()
 
 
 def test_truncation_at_eof_is_an_error() -> None:

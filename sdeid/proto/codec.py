@@ -132,10 +132,10 @@ class ControlReader:
 
     `accepts` names the messages this side may receive as requests (the
     peer's direction); replies are accepted for the messages this side
-    sends.  Descriptors are queued as they arrive and handed to the frame
-    that needs them; a frame that needs one and finds none, or descriptors
-    arriving with nothing to need them, is a protocol error (and the
-    descriptors are closed by the caller)."""
+    sends.  Descriptors are queued as they arrive and handed, in order, to
+    the frames that take them; a frame that needs one and finds none, or
+    descriptors left over once the bytes are consumed (check_drained), is a
+    protocol error (and the caller closes the descriptors)."""
 
     MAX_PENDING = spec.CONTROL_HEADER_SIZE + max(
         [c.size for c in REQUEST_CODECS.values()] + [c.size for c in REPLY_CODECS.values()])
@@ -187,9 +187,15 @@ class ControlReader:
             raise MissingFd(f"{m.name} arrived without its file descriptor")
         fds = tuple(self.fds[:nfds])
         del self.fds[:nfds]
-        if self.fds and not nfds:
-            raise MissingFd(f"{len(self.fds)} file descriptor(s) arrived with {m.name}")
         return ControlFrame(m.name, reply, tag, fields, fds)
+
+    def check_drained(self) -> None:
+        """Once every complete frame is out: a stream carries a descriptor
+        with the bytes of the frame that takes it, so one left over with no
+        partial frame to claim it was sent with a frame that takes none."""
+        if self.fds and not self.buf:
+            raise MissingFd(f"{len(self.fds)} file descriptor(s) arrived with frames "
+                            "that take none")
 
     def eof(self) -> None:
         if self.buf:

@@ -271,6 +271,7 @@ class Session:
             if frame is None:
                 break
             self._control(frame, out)
+        self.reader.check_drained()
         return out
 
     def _control(self, f: c.ControlFrame, out: list[Output]) -> None:
@@ -373,7 +374,7 @@ class Session:
             if r.instance != self.instance:
                 del b.replies[pe_]
         self._interceptable()
-        out.append(Commit(("hello", self.instance)))
+        out.append(Commit(("ready", self.instance, topo.mpidrs, topo.nr_spis, self.features)))
         for i in range(self.nr_pes):
             out.append(AdoptChannel(i, self._hand(self._channels[i][0])))
         self._set_state(ConnState.READY)
@@ -548,6 +549,51 @@ class Session:
         tag = self._request("ERROR_RECORD", {"event": event, "kind": kind,
                                              "address": address}, out)
         return tag, out
+
+
+def replay(backend: Backend, records: list[tuple[Any, ...]]) -> None:
+    """Re-apply committed inputs (a journal) to `backend`, in order.
+
+    The model is deterministic, so the same inputs give the same state and
+    the same stored replies as before the crash.  Outputs are dropped: the
+    front-end saw them already, or will re-send the request that caused
+    them and get the stored reply."""
+    sess = Session(backend, name="replay")
+    for rec in records:
+        kind = rec[0]
+        if kind == "ready":
+            _kind, instance, mpidrs, nr_spis, features = rec
+            topo = Topology(tuple(mpidrs), nr_spis)
+            if backend.dispatcher is None:
+                backend.dispatcher = Dispatcher(topo, backend.config)
+            elif backend.dispatcher.topology != topo:
+                raise StateError("journal names a different topology than its checkpoint")
+            sess.instance, sess.features, sess.nr_pes = instance, features, topo.nr_pes
+            for pe_, r in list(backend.replies.items()):
+                if r.instance != instance:
+                    del backend.replies[pe_]
+            sess.state = ConnState.READY
+            continue
+        if backend.dispatcher is None:
+            raise StateError(f"journal record {kind!r} before any topology")
+        out: list[Output] = []
+        if kind == "vcpu":
+            _kind, instance, pe, data = rec
+            req = c.decode_vcpu_request(data)
+            sess.instance = instance
+            reply = sess._vcpu(pe, req, out)
+            backend.replies[pe] = StoredReply(instance, req.seq, reply.encode())
+        elif kind == "line":
+            sess._line(rec[1], rec[2], rec[3], rec[4], out)
+        elif kind == "reset":
+            sess._reset()
+        elif kind == "trigger":
+            backend.dispatcher.trigger(rec[1], None if rec[2] < 0 else rec[2])
+        elif kind == "state":
+            backend.dispatcher = Dispatcher.restore(rec[1])
+            backend.replies.clear()
+        else:
+            raise StateError(f"unknown journal record {kind!r}")
 
 
 def observe_all(outputs: list[Output], sink: Callable[[str, dict[str, Any]], None]) -> None:

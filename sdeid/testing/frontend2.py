@@ -194,3 +194,85 @@ class FrontendCore:
         if rep.flags & spec.REP_F_PULL:
             self.kicked.add(pe)
         return rep
+
+
+class SocketFrontend:
+    """FrontendCore over real sockets: a control connection to a back-end
+    and one SOCK_SEQPACKET pair per vCPU, as the QEMU device makes them.
+
+    A reader thread answers the back-end's control requests; `call`,
+    `pull` and `power` run on the caller's thread (one vCPU each)."""
+
+    def __init__(self, path: str, core: FrontendCore) -> None:
+        import socket
+        import threading
+
+        self.core = core
+        self.lock = threading.Lock()
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.mine: list[socket.socket] = []
+        self.sock.sendall(core.hello())
+        for pe in range(len(core.mpidrs)):
+            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            socket.send_fds(self.sock, [core.channel(pe)], [b.fileno()])
+            b.close()
+            self.mine.append(a)
+        self.kick = threading.Condition(self.lock)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = self.sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            with self.lock:
+                out = self.core.receive_control(data)
+                self.kick.notify_all()
+            if out:
+                self.sock.sendall(out)
+
+    def exchange(self, pe: int, raw: bytes) -> c.VcpuReply:
+        chan = self.mine[pe]
+        chan.send(raw)
+        data = chan.recv(1024)
+        if not data:
+            raise EOFError(f"PE {pe}'s channel closed")
+        with self.lock:
+            return self.core.receive_vcpu(pe, data)
+
+    def call(self, pe: int, fid: int, *args: int) -> c.VcpuReply:
+        with self.lock:
+            raw = self.core.call(pe, fid, *args)
+        return self.exchange(pe, raw)
+
+    def ret(self, pe: int, fid: int, *args: int) -> int:
+        x0 = self.call(pe, fid, *args).x[0]
+        return x0 - (1 << 64) if x0 >> 63 else x0
+
+    def pull(self, pe: int) -> c.VcpuReply:
+        with self.lock:
+            raw = self.core.pull(pe)
+        return self.exchange(pe, raw)
+
+    def wait_kick(self, pe: int, timeout: float = 5.0) -> bool:
+        with self.lock:
+            return self.kick.wait_for(lambda: pe in self.core.kicked, timeout)
+
+    def send_control(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def close(self) -> None:
+        import socket
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.reader.join()
+        for s in self.mine:
+            s.close()
