@@ -9,9 +9,11 @@ restored and the records replayed through the deterministic model
 (sdeid.proto.session.replay); every `COMPACT_AFTER` records, and at a clean
 stop, a new file with a fresh checkpoint replaces the old one atomically.
 
-Record framing: u32 length (little-endian), then that many bytes of JSON
-(a list; ``bytes`` values are written as {"b": HEX}).  A torn last record
-(the process died inside the write) is ignored: its reply was never sent.
+Record framing: u32 length (little-endian), then the body.  A vCPU
+request (the hot path: every guest call) is a binary body, b"V", u64
+instance, u32 PE, the request as it came; anything else is JSON (a list;
+``bytes`` values as {"b": HEX}).  A torn last record (the process died
+inside the write) is ignored: its reply was never sent.
 """
 
 from __future__ import annotations
@@ -50,9 +52,22 @@ def _dec(v: Any) -> Any:
     return v
 
 
+_VCPU = struct.Struct("<IcQI")   # length, b"V", instance, pe
+
+
 def _frame(record: tuple[Any, ...] | list[Any]) -> bytes:
+    if record[0] == "vcpu":
+        _kind, instance, pe, data = record
+        return _VCPU.pack(_VCPU.size - _LEN.size + len(data), b"V", instance, pe) + data
     body = json.dumps(_enc(record), separators=(",", ":")).encode()
     return _LEN.pack(len(body)) + body
+
+
+def _parse(body: bytes) -> tuple[Any, ...]:
+    if body[:1] == b"V":
+        _n, _v, instance, pe = _VCPU.unpack_from(_LEN.pack(0) + body[:_VCPU.size - _LEN.size])
+        return ("vcpu", instance, pe, bytes(body[_VCPU.size - _LEN.size:]))
+    return tuple(_dec(json.loads(body)))
 
 
 class Journal:
@@ -76,8 +91,8 @@ class Journal:
                 log.warning("%s: ignoring a torn last record at byte %d", self.path, off)
                 break
             try:
-                records.append(_dec(json.loads(data[off + _LEN.size:off + _LEN.size + n])))
-            except (ValueError, KeyError, TypeError) as e:
+                records.append(_parse(data[off + _LEN.size:off + _LEN.size + n]))
+            except (ValueError, KeyError, TypeError, struct.error) as e:
                 raise StateError(f"{self.path}: record at byte {off} is corrupt: {e}") from e
             off += _LEN.size + n
         if not records or list(records[0][:2]) != MAGIC:
