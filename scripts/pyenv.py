@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def ensure() -> None:
     try:
         import construct  # noqa: F401
+
         import sdeid  # noqa: F401
         return
     except ImportError:

@@ -58,7 +58,8 @@ _VCPU = struct.Struct("<IcQI")   # length, b"V", instance, pe
 def _frame(record: tuple[Any, ...] | list[Any]) -> bytes:
     if record[0] == "vcpu":
         _kind, instance, pe, data = record
-        return _VCPU.pack(_VCPU.size - _LEN.size + len(data), b"V", instance, pe) + data
+        head = _VCPU.pack(_VCPU.size - _LEN.size + len(data), b"V", instance, pe)
+        return head + bytes(data)
     body = json.dumps(_enc(record), separators=(",", ":")).encode()
     return _LEN.pack(len(body)) + body
 
