@@ -27,6 +27,7 @@ from sdeid.wire import spec
 CAPABILITIES = {
     "type": "sdei",
     "protocol-version": spec.PROTOCOL_VERSION,
+    "protocol-versions": [1, 2],
     "features": sorted(name.lower().replace("_", "-") for name in spec.FEATURES),
     "sdei-versions": ["1.0", "1.1"],
     "version": __version__,
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="listen for the VMM on a new Unix socket at PATH")
     where.add_argument("--fd", type=int, metavar="N",
                        help="serve an inherited Unix socket (listening or connected)")
+    ap.add_argument("--protocol", type=int, choices=[1, 2], default=1,
+                    help="device protocol: 1 (sdei-user, qemu-patches/) or 2 (smccc-user, "
+                    "qemu-patches/v2: per-vCPU channels, exactly-once across restarts)")
     ap.add_argument("--print-capabilities", action="store_true",
                     help="print the back-end capabilities as JSON and exit")
     ap.add_argument("--log-level", default="info",
@@ -63,7 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--exit-with-vm", action="store_true",
                     help="exit when QEMU reports SHUTDOWN or its QMP socket closes")
     ap.add_argument("--state-file", type=Path, metavar="FILE",
-                    help="persist dispatcher state atomically here; restore it at start")
+                    help="persist dispatcher state here and restore it at start (protocol 1: a "
+                    "snapshot after each change; protocol 2: a journal, exactly-once "
+                    "across a SIGKILL)")
     ap.add_argument("--allow-uid", type=int, action="append", default=[], metavar="UID",
                     help="also serve peers with this uid (default: only our own)")
     ap.add_argument("--allow-any-uid", action="store_true",
@@ -97,14 +103,21 @@ def main(argv: list[str] | None = None) -> int:
 async def serve(args: argparse.Namespace) -> int:
     from sdeid.config import load_config
     from sdeid.control import ControlServer
+    from sdeid.proto.daemon import Daemon2
     from sdeid.qmp_hooks import QmpHooks
     from sdeid.server import Daemon
 
     config = load_config(args.config, args.event, args.sdei_version, args.private_slots,
                          args.shared_slots)
-    daemon = Daemon(config, state_file=args.state_file,
-                    allowed_uids={os.getuid(), *args.allow_uid},
-                    allow_any_uid=args.allow_any_uid)
+    daemon: Daemon | Daemon2
+    if args.protocol == 2:
+        daemon = Daemon2(config, state_file=args.state_file,
+                         allowed_uids={os.getuid(), *args.allow_uid},
+                         allow_any_uid=args.allow_any_uid)
+    else:
+        daemon = Daemon(config, state_file=args.state_file,
+                        allowed_uids={os.getuid(), *args.allow_uid},
+                        allow_any_uid=args.allow_any_uid)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -15,17 +15,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import inspect
 import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sdeid import __version__
 from sdeid.errors import ConfigError
 from sdeid.model.abi import EventType, Ret
 from sdeid.server import Daemon
+
+if TYPE_CHECKING:
+    from sdeid.proto.daemon import Daemon2
 from sdeid.wire.spec import ERROR_KINDS
 
 log = logging.getLogger("sdeid.control")
@@ -95,7 +99,7 @@ class QmpError(Exception):
 
 
 class ControlServer:
-    def __init__(self, daemon: Daemon, on_quit: Callable[[], None]) -> None:
+    def __init__(self, daemon: Daemon | Daemon2, on_quit: Callable[[], None]) -> None:
         self.daemon = daemon
         self.on_quit = on_quit
         self.server: asyncio.AbstractServer | None = None
@@ -239,7 +243,8 @@ class ControlServer:
                 fn = self.commands.get(cmd)
                 if fn is None:
                     raise QmpError(f"The command {cmd} has not been found", "CommandNotFound")
-                result = fn(args)
+                with self.daemon.lock:   # the v2 ring's vCPU threads share the model
+                    result = fn(args)
                 if asyncio.iscoroutine(result):
                     result = await result
                 reply = {"return": result}
@@ -319,7 +324,7 @@ class ControlServer:
             raise QmpError(f"event {event} cannot be triggered: {Ret(ret).name}")
         return {}
 
-    def sdei_inject_error(self, args: dict[str, Any]) -> dict[str, Any]:
+    async def sdei_inject_error(self, args: dict[str, Any]) -> dict[str, Any]:
         """Write a memory-error record into the VM's firmware-first error
         source (ACPI GHES) notified by `event`, then fire the event:
         {"event": N, "address": GPA, "pe"?: N}."""
@@ -334,6 +339,8 @@ class ControlServer:
             raise QmpError("Parameter out of range")
         try:
             ret = self.daemon.inject_error(event, ERROR_KINDS["MEMORY"], address, pe)
+            if inspect.isawaitable(ret):   # v2: the VMM answers whether it wrote it
+                ret = await ret
         except LookupError as e:
             raise QmpError(str(e)) from e
         if ret != Ret.SUCCESS:

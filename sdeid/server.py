@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import struct
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -139,6 +140,9 @@ class Daemon:
         self.backend = Backend(config=config, observe=self._observe, changed=self._changed)
         self.state = DaemonState.STARTING
         self.state_history: list[DaemonState] = [self.state]
+        # Operators' reads of the dispatcher hold this (see sdeid.proto.daemon,
+        # where vCPU threads share it); uncontended here.
+        self.lock = threading.RLock()
         self.state_file = state_file
         self.allowed_uids = allowed_uids if allowed_uids is not None else {os.getuid()}
         self.allow_any_uid = allow_any_uid

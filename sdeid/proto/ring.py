@@ -196,8 +196,12 @@ class Ring:
     """The v2 device server: a listening socket and at most one connection."""
 
     def __init__(self, backend: s.Backend, *, journal: Journal | None = None,
-                 observe: Callable[[str, dict[str, Any]], None] | None = None) -> None:
+                 observe: Callable[[str, dict[str, Any]], None] | None = None,
+                 accept: Callable[[socket.socket], bool] | None = None,
+                 on_change: Callable[[bool], None] | None = None) -> None:
         self.backend = backend
+        self._accept_peer = accept
+        self._on_change = on_change
         self.journal = journal
         self.lock = threading.RLock()
         self.active: Connection | None = None
@@ -254,6 +258,9 @@ class Ring:
 
     def attach(self, conn: socket.socket) -> Connection | None:
         """Serve one connected front-end socket (refused if one is active)."""
+        if self._accept_peer is not None and not self._accept_peer(conn):
+            conn.close()
+            return None
         with self.lock:
             if self.active is not None:
                 log.error("refusing a second front-end: one VM per daemon")
@@ -262,16 +269,22 @@ class Ring:
             self._count += 1
             c = self.active = Connection(self, conn, self._count)
             self.idle.clear()
+        log.info("front-end connected")
+        if self._on_change is not None:
+            self._on_change(True)
         t = threading.Thread(target=c.run_control, name=f"sdeid-fe{self._count}", daemon=True)
         t.start()
         return c
 
     def disconnected(self, c: Connection) -> None:
         with self.lock:
-            if self.active is c:
-                self.active = None
-                self.idle.set()
-                log.info("front-end disconnected")
+            if self.active is not c:
+                return
+            self.active = None
+            self.idle.set()
+        log.info("front-end disconnected")
+        if self._on_change is not None:
+            self._on_change(False)
 
     # ----------------------------------------------------- operator side
 
