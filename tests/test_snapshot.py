@@ -114,3 +114,75 @@ def test_decompression_bomb_is_refused() -> None:
     blob = HEAD.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, len(body), zlib.crc32(body)) + body
     with pytest.raises(StateError):
         Dispatcher.restore(blob)
+
+
+# ------------------------------------------- well formed but inconsistent
+# Each of these blobs was accepted before load-time validation, and a later
+# call then failed inside the dispatcher (AssertionError in COMPLETE,
+# KeyError in line_level, ...).  Now each is refused with a reason.
+
+def _busy_state() -> dict:  # type: ignore[type-arg]
+    return json.loads(json.dumps(to_state(busy_sim().d)))
+
+
+def _edit_frame_without_instance(st: dict) -> None:  # type: ignore[type-arg]
+    st["pes"][1]["frames"] = [list(st["pes"][0]["frames"][0])]
+
+
+def _edit_level_of_unbound_line(st: dict) -> None:  # type: ignore[type-arg]
+    st["levels"].append([40, 0, True])
+
+
+def _edit_pending_unknown(st: dict) -> None:  # type: ignore[type-arg]
+    st["pending"].append([12345, -1])
+
+
+def _edit_client_el(st: dict) -> None:  # type: ignore[type-arg]
+    st["pes"][0]["frames"][0][6] = 3
+
+
+def _edit_frame_priority(st: dict) -> None:  # type: ignore[type-arg]
+    st["pes"][0]["frames"][1][1] = 0       # the critical frame claims normal
+
+
+def _edit_running_without_frame(st: dict) -> None:  # type: ignore[type-arg]
+    st["pes"][0]["frames"] = []
+
+
+def _edit_bound_to_sgi(st: dict) -> None:  # type: ignore[type-arg]
+    ev = next(iter(st["bound"]))
+    st["bound"][ev] = 5
+    st["levels"] = [[5, 0, False]]
+
+
+def _edit_frames_on_offline_pe(st: dict) -> None:  # type: ignore[type-arg]
+    st["pes"][0]["online"] = False
+
+
+@pytest.mark.parametrize("edit,reason", [
+    (_edit_frame_without_instance, "saved context"),
+    (_edit_level_of_unbound_line, "line levels"),
+    (_edit_pending_unknown, "names no instance"),
+    (_edit_client_el, "client EL"),
+    (_edit_frame_priority, "priority"),
+    (_edit_running_without_frame, "without a matching frame"),
+    (_edit_bound_to_sgi, "cannot be"),
+    (_edit_frames_on_offline_pe, "is off"),
+])
+def test_inconsistent_state_is_refused_with_a_reason(edit, reason) -> None:  # type: ignore[no-untyped-def]
+    st = _busy_state()
+    assert Dispatcher.restore(_blob(st)) == busy_sim().d      # the unedited one loads
+    edit(st)
+    with pytest.raises(StateError, match=reason):
+        Dispatcher.restore(_blob(st))
+
+
+def test_a_refused_state_blob_leaves_the_v2_back_end_serving() -> None:
+    from sdeid.model.abi import Fid as F
+    from tests.proto_pair import Pair
+    p = Pair(4)
+    p.connect()
+    st = _busy_state()
+    _edit_frame_without_instance(st)
+    p.carry(p.session.blob_read(3, _blob(st)))
+    assert p.ret(0, F.VERSION) >> 48 == 1          # still serving, old state kept

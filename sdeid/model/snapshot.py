@@ -164,4 +164,80 @@ def from_state(s: dict[str, Any]) -> Dispatcher:
         d.levels[(int(intid), int(pe))] = bool(lvl)
     for ev, owner in s["pending"]:
         d.pending.add((int(ev), int(owner)))
+    validate(d)
     return d
+
+
+def validate(d: Dispatcher) -> None:
+    """Refuse (ValueError) a state that no run of the dispatcher reaches,
+    so that a well-formed but inconsistent blob is turned away at load and
+    never makes a later call fail.  Checked: handler frames against running
+    instances, nesting and priorities, client ELs, bindings against the
+    topology, line levels against bindings, and pending triggers against
+    their instances."""
+    from sdeid.model.abi import MAX_NESTING
+    from sdeid.model.dispatcher import SHARED
+
+    def where(ev: int, pe: int) -> Any:
+        t = d.events[ev].type
+        return d.shared.get(ev) if t == EventType.SHARED else d.private[pe].get(ev)
+
+    running: dict[int, int] = {}    # id(instance) -> PE whose frame holds it
+    for pe, p in enumerate(d.pes):
+        if len(p.frames) > MAX_NESTING:
+            raise ValueError(f"PE {pe} has {len(p.frames)} nested handlers")
+        if p.frames and not p.online:
+            raise ValueError(f"PE {pe} is off but runs a handler")
+        for i, f in enumerate(p.frames):
+            edef = d.events.get(f.event)
+            if edef is None or edef.priority != f.priority:
+                raise ValueError(f"PE {pe}'s frame for event {f.event} does not match the "
+                                 "event's priority")
+            if f.client_el not in (1, 2):
+                raise ValueError(f"PE {pe}'s frame has client EL {f.client_el}")
+            if i == 1 and not (p.frames[0].priority == Priority.NORMAL
+                               and f.priority == Priority.CRITICAL):
+                raise ValueError(f"PE {pe} nests a {f.priority.name.lower()} handler in a "
+                                 f"{p.frames[0].priority.name.lower()} one")
+            inst = where(f.event, pe)
+            if inst is None or not inst.state.running or inst.running_on != pe:
+                raise ValueError(f"PE {pe} holds a saved context for event {f.event}, "
+                                 "which is not running there")
+            if id(inst) in running:
+                raise ValueError(f"event {f.event} runs twice")
+            running[id(inst)] = pe
+    instances = [(ev, pe, i) for pe, t in enumerate(d.private) for ev, i in t.items()]
+    instances += [(ev, SHARED, i) for ev, i in d.shared.items()]
+    for ev, _owner, inst in instances:
+        if inst.state.running != (id(inst) in running):
+            raise ValueError(f"event {ev} is {inst.state.value} without a matching frame")
+        if not inst.state.running and inst.running_on != -1:
+            raise ValueError(f"event {ev} names a PE running it but is not running")
+        if inst.client_el not in (1, 2):
+            raise ValueError(f"event {ev} has client EL {inst.client_el}")
+        if d.events[ev].dynamic and inst.state.registered and ev not in d.bound:
+            raise ValueError(f"event {ev} is registered but not bound to an interrupt")
+        if inst.pending and not inst.state.registered:
+            raise ValueError(f"event {ev} has a trigger pending but is not registered")
+    seen: set[int] = set()
+    for ev, intid in d.bound.items():
+        e = d.events[ev]
+        ok = (d.topology.is_ppi(intid) if e.type == EventType.PRIVATE
+              else d.topology.is_spi(intid))
+        if not ok or intid in seen:
+            raise ValueError(f"event {ev} is bound to INTID {intid}, which it cannot be")
+        seen.add(intid)
+    want = {(intid, pe) for intid in d.bound.values() for pe in d._line_pes(intid)}
+    if set(d.levels) != want:
+        extra = sorted(set(d.levels) ^ want)[:3]
+        raise ValueError(f"line levels do not match the bindings (e.g. {extra})")
+    for ev, owner in d.pending:
+        e = d.events.get(ev)
+        if e is None or (owner == SHARED) != (e.type == EventType.SHARED) or not (
+                owner == SHARED or 0 <= owner < len(d.pes)):
+            raise ValueError(f"pending trigger ({ev}, {owner}) names no instance")
+        if ev in d.bound:
+            continue   # a bound line is pending while high, registered or not
+        inst = where(ev, owner)
+        if inst is None or not inst.pending:
+            raise ValueError(f"pending trigger ({ev}, {owner}) has no triggered instance")
