@@ -232,8 +232,8 @@ def validate(d: Dispatcher) -> None:
         extra = sorted(set(d.levels) ^ want)[:3]
         raise ValueError(f"line levels do not match the bindings (e.g. {extra})")
     for ev, owner in d.pending:
-        e = d.events.get(ev)
-        if e is None or (owner == SHARED) != (e.type == EventType.SHARED) or not (
+        pdef = d.events.get(ev)
+        if pdef is None or (owner == SHARED) != (pdef.type == EventType.SHARED) or not (
                 owner == SHARED or 0 <= owner < len(d.pes)):
             raise ValueError(f"pending trigger ({ev}, {owner}) names no instance")
         if ev in d.bound:
