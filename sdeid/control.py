@@ -277,7 +277,9 @@ class ControlServer:
 
     def query_stats(self, args: dict[str, Any]) -> dict[str, Any]:
         d = self.daemon.backend.dispatcher
-        return {} if d is None else dict(d.stats)
+        stats = {} if d is None else dict(d.stats)
+        stats.update(getattr(self.daemon, "extra_stats", {}))
+        return stats
 
     def query_events(self, args: dict[str, Any]) -> list[dict[str, Any]]:
         """The recent observed events (bounded history)."""

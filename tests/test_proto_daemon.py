@@ -41,10 +41,9 @@ async def test_operator_trigger_and_error_record_reach_the_v2_front_end(
         await qmp.connect(str(tmp_path / "ctl.sock"))
         status = await qmp.execute("query-status")
         assert status["connected"] is True and status["pes"] == 2
-        # The guest has not acknowledged the source's last record: refused,
-        # nothing written, nothing triggered.
-        fe.core.record_status = spec.STATUS["EAGAIN"]
-        with pytest.raises(ExecuteError, match="not acknowledged"):
+        # No such error source in the VMM: refused, nothing triggered.
+        fe.core.record_status = spec.STATUS["ENOENT"]
+        with pytest.raises(ExecuteError, match="no error source"):
             await qmp.execute("sdei-inject-error", {"event": 100, "address": 0x44000000})
         assert fe.core.records == [] and not fe.core.kicked
         fe.core.record_status = 0
@@ -57,6 +56,7 @@ async def test_operator_trigger_and_error_record_reach_the_v2_front_end(
         assert sdei["pes"][0]["running"] == [100]
         stats = await qmp.execute("query-stats")
         assert stats["dispatches"] == 1
+        assert stats["error-records-delivered"] == 1 and stats["error-records-refused"] == 1
     finally:
         await qmp.disconnect()
         await _in_thread(fe.close)
@@ -84,3 +84,74 @@ async def test_a_sigkilled_daemon_restarts_from_its_journal(tmp_path: Path) -> N
         await qmp.disconnect()
         await _in_thread(fe.close)
         stop(p)
+
+
+# --------------------------------------- error records: read-ack, bounded
+
+async def _inprocess(tmp_path: Path):  # type: ignore[no-untyped-def]
+    from sdeid.config import load_config
+    from sdeid.proto.daemon import Daemon2
+    d = Daemon2(load_config(None, ["100:shared:normal"], None, None, None))
+    await d.listen_path(tmp_path / "sdei.sock")
+    fe = await _in_thread(SocketFrontend, str(tmp_path / "sdei.sock"), FrontendCore((0, 1)))
+    for fid, *a in ((Fid.EVENT_REGISTER, 100, HANDLER, 9, 0, 0), (Fid.EVENT_ENABLE, 100),
+                    (Fid.PE_UNMASK,)):
+        assert await _in_thread(fe.ret, 0, fid, *a) == 0
+    return d, fe
+
+
+def _guest(fe: SocketFrontend, n: int, seen: list[int]) -> None:
+    """A guest's GHES handler: take the event, read (acknowledge) the
+    record, complete; n times."""
+    while len(seen) < n:
+        if not fe.wait_kick(0, 10):
+            return
+        rep = fe.pull(0)
+        if rep.action != spec.ACTIONS["ENTER"]:
+            continue
+        with fe.lock:
+            seen.append(fe.core.records[-1]["address"])
+            fe.core.ack()
+        fe.call(0, Fid.EVENT_COMPLETE, 0)
+
+
+async def test_a_burst_of_error_records_is_delivered_one_per_acknowledgement(
+        tmp_path: Path) -> None:
+    d, fe = await _inprocess(tmp_path)
+    fe.core.read_ack = True
+    seen: list[int] = []
+    guest = asyncio.get_running_loop().run_in_executor(None, _guest, fe, 31, seen)
+    try:
+        addrs = [0x44000000 + i * 0x1000 for i in range(31)]
+        results = await asyncio.gather(*(d.inject_error(100, 1, a, None) for a in addrs))
+        await asyncio.wait_for(guest, 20)
+        assert results == [0] * 31
+        assert sorted(seen) == addrs               # every record reached the guest once
+        assert d.extra_stats["error-records-delivered"] == 31
+        assert d.extra_stats["error-records-refused"] == 0
+    finally:
+        await _in_thread(fe.close)
+        await d.close()
+
+
+async def test_error_records_beyond_the_queue_bound_are_refused(tmp_path: Path) -> None:
+    from sdeid.proto import daemon as dmod
+    d, fe = await _inprocess(tmp_path)
+    fe.core.read_ack = True
+    fe.core.unacked = True            # the guest never acknowledges
+    old = dmod.ACK_TIMEOUT
+    dmod.ACK_TIMEOUT = 0.3
+    try:
+        n = dmod.MAX_QUEUED_RECORDS + 6
+        res = await asyncio.gather(*(d.inject_error(100, 1, 0x44000000 + i * 0x1000, None)
+                                     for i in range(n)), return_exceptions=True)
+        full = [r for r in res if isinstance(r, LookupError) and "already waiting" in str(r)]
+        late = [r for r in res if isinstance(r, LookupError) and "did not acknowledge" in str(r)]
+        assert len(full) == 6 and len(late) == dmod.MAX_QUEUED_RECORDS
+        assert fe.core.records == []
+        assert d.extra_stats["error-records-refused"] == n
+        assert d.extra_stats["error-records-queued"] == 0
+    finally:
+        dmod.ACK_TIMEOUT = old
+        await _in_thread(fe.close)
+        await d.close()

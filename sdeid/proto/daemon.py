@@ -30,7 +30,11 @@ from sdeid.proto.ring import Ring
 from sdeid.server import MAX_OBSERVED, DaemonState, peer_uid
 
 log = logging.getLogger("sdeid.server")
-RECORD_TIMEOUT = 5.0
+RECORD_TIMEOUT = 5.0      # one answer from the VMM
+ACK_TIMEOUT = 10.0        # the guest acknowledging the previous record of a source
+RETRY_FIRST = 0.002       # first wait after -EAGAIN, doubled up to RETRY_MAX
+RETRY_MAX = 0.1
+MAX_QUEUED_RECORDS = 64   # injections waiting for their turn, all sources together
 
 
 class Daemon2:
@@ -61,6 +65,18 @@ class Daemon2:
                          accept=self._accept_peer, on_change=self._connection_changed)
         self.lock = self.ring.lock
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Error records go to a source one at a time, each after the guest
+        # acknowledged the previous one: a lock per event orders them, and
+        # `_queued` bounds how many operators may wait in line.
+        self._record_locks: dict[int, asyncio.Lock] = {}
+        self._queued = 0
+        self.record_stats = {"error-records-delivered": 0, "error-records-refused": 0,
+                             "error-records-queued": 0,
+                             "error-records-queue-max": MAX_QUEUED_RECORDS}
+
+    @property
+    def extra_stats(self) -> dict[str, int]:
+        return dict(self.record_stats, **{"error-records-queued": self._queued})
 
     @property
     def active(self) -> Any:
@@ -152,9 +168,67 @@ class Daemon2:
     async def inject_error(self, event: int, kind: int, address: int,
                            pe: int | None) -> int:
         """Write an error record into the front-end's error source notified
-        by `event`, then raise `event`.  Refused (LookupError, nothing
-        written) when the guest has not acknowledged the source's previous
-        record, so no record is ever overwritten unseen."""
+        by `event`, then raise `event`; returns the trigger's SDEI status.
+
+        Never overwrites a record the guest has not acknowledged (GHESv2
+        read-ack): while the VMM answers -EAGAIN the injection waits its
+        turn, up to ACK_TIMEOUT, behind earlier ones for the same event.
+        Refused (LookupError, nothing written) when it cannot be delivered:
+        no VM, no such source, the queue is full, or the guest did not
+        acknowledge in time.  Every injection is counted as delivered or
+        refused in query-stats."""
+        if self._queued >= MAX_QUEUED_RECORDS:
+            self.record_stats["error-records-refused"] += 1
+            raise LookupError(f"{MAX_QUEUED_RECORDS} error records are already waiting "
+                              "for the guest; nothing was written")
+        self._queued += 1
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + ACK_TIMEOUT     # counted from the request, queue included
+        try:
+            lock = self._record_locks.setdefault(event, asyncio.Lock())
+            try:
+                await asyncio.wait_for(lock.acquire(), ACK_TIMEOUT)
+            except TimeoutError:
+                raise LookupError(self._late(event)) from None
+            try:
+                ret = await self._deliver_record(event, kind, address, pe, deadline)
+            finally:
+                lock.release()
+        except LookupError:
+            self.record_stats["error-records-refused"] += 1
+            raise
+        finally:
+            self._queued -= 1
+        self.record_stats["error-records-delivered"] += 1
+        return ret
+
+    @staticmethod
+    def _late(event: int) -> str:
+        return (f"the guest did not acknowledge the previous error record of event {event} "
+                f"within {ACK_TIMEOUT:.0f} s; nothing was written")
+
+    async def _deliver_record(self, event: int, kind: int, address: int,
+                              pe: int | None, deadline: float) -> int:
+        loop = asyncio.get_running_loop()
+        wait = RETRY_FIRST
+        while True:
+            status = await self._send_record(event, kind, address, pe)
+            if status != spec.STATUS["EAGAIN"]:
+                break
+            if loop.time() + wait > deadline:
+                raise LookupError(self._late(event))
+            await asyncio.sleep(wait)
+            wait = min(wait * 2, RETRY_MAX)
+        if status == spec.STATUS["ENOENT"]:
+            raise LookupError(f"the VMM has no error source notified by event {event}")
+        if status:
+            raise LookupError(f"the VMM refused the error record (status {status})")
+        self._observe("SDEI_ERROR_RECORD", {"event": event, "kind": kind, "address": address})
+        return self.trigger(event, pe)
+
+    async def _send_record(self, event: int, kind: int, address: int,
+                           pe: int | None) -> int:
+        """One ERROR_RECORD exchange; the VMM's status."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[int] = loop.create_future()
 
@@ -182,19 +256,10 @@ class Daemon2:
                 raise LookupError(f"event {event} is not registered by the guest")
             self.ring.error_record(event, kind, address, done)
         try:
-            status = await asyncio.wait_for(fut, RECORD_TIMEOUT)
+            return await asyncio.wait_for(fut, RECORD_TIMEOUT)
         except TimeoutError:
             raise LookupError("the VMM did not answer the error record within "
                               f"{RECORD_TIMEOUT:.0f} s") from None
-        if status == spec.STATUS["EAGAIN"]:
-            raise LookupError("the guest has not acknowledged the previous error record "
-                              "of this source yet; nothing was written (retry later)")
-        if status == spec.STATUS["ENOENT"]:
-            raise LookupError(f"the VMM has no error source notified by event {event}")
-        if status:
-            raise LookupError(f"the VMM refused the error record (status {status})")
-        self._observe("SDEI_ERROR_RECORD", {"event": event, "kind": kind, "address": address})
-        return self.trigger(event, pe)
 
     # ------------------------------------------------------------ hooks
 

@@ -93,8 +93,17 @@ class FrontendCore:
         self.levels: dict[tuple[int, int], int] = {}
         self.record_status = 0          # what ERROR_RECORD replies carry
         self.records: list[dict[str, Any]] = []
+        # GHESv2 read-ack, as QEMU's error source does it: with read_ack on,
+        # a stored record must be acknowledged (ack()) before the next one
+        # can be written; until then ERROR_RECORD answers -EAGAIN.
+        self.read_ack = False
+        self.unacked = False
         self.hello_reply: dict[str, Any] | None = None
         self._tag = 0
+
+    def ack(self) -> None:
+        """The guest read the error record (GHESv2 read-ack)."""
+        self.unacked = False
 
     def hello(self) -> bytes:
         bitmap = [0] * spec.LINE_BITMAP_WORDS
@@ -143,9 +152,13 @@ class FrontendCore:
                 out.append(c.encode_control("LINE_RELEASE", {"status": 0}, tag=f.tag,
                                             reply=True))
             elif f.name == "ERROR_RECORD":
-                if self.record_status == 0:
+                status = self.record_status
+                if status == 0 and self.read_ack and self.unacked:
+                    status = spec.STATUS["EAGAIN"]
+                if status == 0:
                     self.records.append(f.fields)
-                out.append(c.encode_control("ERROR_RECORD", {"status": self.record_status},
+                    self.unacked = self.read_ack
+                out.append(c.encode_control("ERROR_RECORD", {"status": status},
                                             tag=f.tag, reply=True))
         return b"".join(out)
 
