@@ -150,23 +150,34 @@ class ControlClient:
 
 # ------------------------------------------------------------------ helpers
 
-def find_qemu(explicit: str | None = None) -> str:
-    """--qemu, else $SDEID_QEMU, else what scripts/build-qemu prints last
-    (it builds, or answers from its cache at once)."""
+# The patched QEMU of each device protocol: its series, and the variable
+# that names a prebuilt binary instead.
+SERIES = {1: ("qemu-patches", "SDEID_QEMU"), 2: ("qemu-patches/v2", "SDEID_QEMU_V2")}
+# Protocol 2's device forwards the SMCCC ranges it is told: SDEI's SMC64
+# range and its SMC32 twin (the daemon answers the latter NOT_SUPPORTED).
+SDEI_FIDS = "0xc4000020-0xc400003f,0x84000020-0x8400003f"
+
+
+def find_qemu(explicit: str | None = None, protocol: int = 1) -> str:
+    """--qemu, else $SDEID_QEMU ($SDEID_QEMU_V2 for protocol 2), else what
+    scripts/build-qemu prints last for that protocol's series (it builds, or
+    answers from its cache at once)."""
     if explicit:
         return explicit
-    env = os.environ.get("SDEID_QEMU")
+    series, var = SERIES[protocol]
+    env = os.environ.get(var)
     if env:
         return env
     if not BUILD_QEMU.is_file():
-        raise LaunchError("no QEMU: pass --qemu PATH or set SDEID_QEMU "
+        raise LaunchError(f"no QEMU: pass --qemu PATH or set {var} "
                           f"({BUILD_QEMU} is not there to build one)")
-    proc = subprocess.run([str(BUILD_QEMU)], cwd=REPO, stdout=subprocess.PIPE,
+    cmd = [str(BUILD_QEMU), "--series", series]
+    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE,
                           stdin=subprocess.DEVNULL, text=True)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         raise LaunchError(f"scripts/build-qemu failed with status {proc.returncode}",
-                          exit_code=proc.returncode, command=[str(BUILD_QEMU)])
+                          exit_code=proc.returncode, command=cmd)
     return lines[-1]
 
 
@@ -236,7 +247,7 @@ class Launch:
     def __init__(self, qemu_args: Sequence[str] = (), *, qemu: str | None = None,
                  smp: int = 2, memory: str = "1G", conduit: str = "hvc",
                  firmware: str = "dt", sdeid_args: Sequence[str] = (),
-                 device_props: str = "",
+                 device_props: str = "", protocol: int = 1,
                  keep_dir: str | Path | None = None, capture_output: bool = False,
                  echo: IO[str] | None = None, console_input: bool = False,
                  ready_timeout: float = 30.0,
@@ -247,6 +258,9 @@ class Launch:
             raise ValueError(f"firmware must be 'dt' or 'uefi', not {firmware!r}")
         if smp < 1:
             raise ValueError("smp must be at least 1")
+        if protocol not in SERIES:
+            raise ValueError(f"protocol must be 1 or 2, not {protocol!r}")
+        self.protocol = protocol
         self.qemu_args = list(qemu_args)
         self.qemu = qemu
         self.smp = smp
@@ -331,7 +345,7 @@ class Launch:
         if len(str(self.control_path)) > SUN_PATH_MAX:
             raise LaunchError(f"working directory {self.workdir} is too long for "
                               "Unix socket paths")
-        qemu = find_qemu(self.qemu)
+        qemu = find_qemu(self.qemu, self.protocol)
         # The monitor reserved for the daemon listens before either process
         # starts and QEMU inherits it: the daemon's QMP connect cannot race
         # QEMU's start (it is queued until QEMU accepts).
@@ -356,7 +370,8 @@ class Launch:
             "--socket-path", str(self.socket_path),
             "--control-socket", str(self.control_path),
             "--qmp", str(self.qmp_path),
-            "--exit-with-vm", "--ready-fd", str(wfd), *self.sdeid_args]
+            "--exit-with-vm", "--ready-fd", str(wfd),
+            *(["--protocol", "2"] if self.protocol == 2 else []), *self.sdeid_args]
         stderr: Any = self._open_log(self.daemon_log) if self.capture_output else None
         env = dict(os.environ)
         # The daemon imports this very package, wherever it was loaded from.
@@ -403,6 +418,12 @@ class Launch:
                 else f"sdeid closed its ready pipe without READY ({data!r})",
                 exit_code=code, command=self.daemon_command, output=self._daemon_tail())
 
+    def _device(self) -> str:
+        if self.protocol == 2:
+            # ',,' is a literal comma inside a -device option value.
+            return f"smccc-user,chardev=sdei0,fids={SDEI_FIDS.replace(',', ',,')}"
+        return "sdei-user,chardev=sdei0"
+
     def _qemu_argv(self) -> list[str]:
         assert self._qmp_listener is not None
         machine = "virt,gic-version=3"
@@ -414,7 +435,7 @@ class Launch:
             "-M", machine, "-cpu", "max", "-smp", str(self.smp), "-m", self.memory,
             "-nodefaults", "-display", "none", "-serial", "stdio",
             "-chardev", f"socket,id=sdei0,path={self.socket_path},reconnect-ms=1000",
-            "-device", "sdei-user,chardev=sdei0"
+            "-device", self._device()
             + (f",{self.device_props}" if self.device_props else ""),
             "-chardev", f"socket,id=qmp0,fd={self._qmp_listener.fileno()},server=on,wait=off",
             "-mon", "chardev=qmp0,mode=control",
@@ -683,9 +704,12 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--firmware", choices=["dt", "uefi"], default="dt",
                     help="dt: direct kernel boot with a device tree; uefi: AAVMF + ACPI "
                     "(ras=on)")
+    ap.add_argument("--protocol", type=int, choices=[1, 2], default=1,
+                    help="1: the sdei-user device (qemu-patches/); 2: the smccc-user "
+                    "device (qemu-patches/v2) and `sdeid --protocol 2`")
     ap.add_argument("--qemu", metavar="PATH",
-                    help="qemu-system-aarch64 with the sdei-user device (default: "
-                    "$SDEID_QEMU, else scripts/build-qemu)")
+                    help="the patched qemu-system-aarch64 (default: $SDEID_QEMU, for "
+                    "--protocol 2 $SDEID_QEMU_V2, else scripts/build-qemu --series ...)")
     ap.add_argument("--sdeid-arg", action="append", default=[], metavar="ARG",
                     help="pass ARG to the daemon (repeatable)")
     ap.add_argument("--sdei-device-props", default="", metavar="PROPS",
@@ -718,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
     launch = Launch(qemu_args, qemu=args.qemu, smp=args.smp, memory=args.memory,
                     conduit=args.conduit, firmware=args.firmware,
                     sdeid_args=args.sdeid_arg, device_props=args.sdei_device_props,
-                    keep_dir=args.keep_dir)
+                    protocol=args.protocol, keep_dir=args.keep_dir)
     got: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

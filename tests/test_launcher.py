@@ -379,6 +379,19 @@ def test_find_qemu_prefers_explicit_then_env(monkeypatch: pytest.MonkeyPatch) ->
         launcher.find_qemu(None)
 
 
+def test_protocol_2_has_its_own_qemu_and_device(monkeypatch: pytest.MonkeyPatch,
+                                                fake_qemu: str) -> None:
+    monkeypatch.setenv("SDEID_QEMU", "/v1")
+    monkeypatch.setenv("SDEID_QEMU_V2", "/v2")
+    assert launcher.find_qemu(None, 2) == "/v2"
+    assert launcher.find_qemu(None, 1) == "/v1"
+    dev = Launch(qemu=fake_qemu, protocol=2)._device()
+    assert dev == ("smccc-user,chardev=sdei0,"
+                   "fids=0xc4000020-0xc400003f,,0x84000020-0x8400003f")
+    with pytest.raises(ValueError, match="protocol"):
+        Launch(qemu=fake_qemu, protocol=3)
+
+
 def test_socket_path_too_long(fake_qemu: str, tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 100)
     with pytest.raises(LaunchError, match="too long"):
