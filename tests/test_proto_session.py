@@ -11,7 +11,7 @@ from sdeid.model.types import EventDef, PlatformConfig
 from sdeid.proto import codec as c
 from sdeid.proto import session as s
 from sdeid.proto import spec
-from tests.proto_pair import FD_BASE, Pair
+from sdeid.testing.pair2 import FD_BASE, Pair
 
 A = spec.ACTIONS
 HANDLER = 0x40100000

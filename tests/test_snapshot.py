@@ -179,7 +179,7 @@ def test_inconsistent_state_is_refused_with_a_reason(edit, reason) -> None:  # t
 
 def test_a_refused_state_blob_leaves_the_v2_back_end_serving() -> None:
     from sdeid.model.abi import Fid as F
-    from tests.proto_pair import Pair
+    from sdeid.testing.pair2 import Pair
     p = Pair(4)
     p.connect()
     st = _busy_state()

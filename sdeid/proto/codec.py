@@ -179,10 +179,16 @@ class ControlReader:
         if len(self.buf) < end:
             return None
         m = spec.CONTROL_BY_CODE[code]
+        nfds = 0 if reply else m.fds
+        # Linux ends a stream read after the bytes that carried descriptors,
+        # so queued descriptors belong to the frame that ends the bytes read.
+        # Refuse before acting when that frame takes none.
+        if self.fds and not nfds and len(self.buf) == end:
+            raise MissingFd(f"{len(self.fds)} file descriptor(s) arrived with {m.name}, "
+                            "which takes none")
         codecs = REPLY_CODECS if reply else REQUEST_CODECS
         fields = codecs[code].unpack(memoryview(self.buf)[spec.CONTROL_HEADER_SIZE:end])
         del self.buf[:end]
-        nfds = 0 if reply else m.fds
         if len(self.fds) < nfds:
             raise MissingFd(f"{m.name} arrived without its file descriptor")
         fds = tuple(self.fds[:nfds])
