@@ -85,6 +85,9 @@ class Connection:
                             os.close(fd)
                         break
                     if not data:
+                        if self.session.reader.buf:
+                            self.log.error("front-end closed the connection inside a frame "
+                                           "(%d bytes)", len(self.session.reader.buf))
                         self._perform(self.session.eof())
                         break
                     try:
@@ -105,6 +108,13 @@ class Connection:
                 except OSError:
                     break
                 if not data:
+                    # End of file, or an empty datagram (recv cannot tell them
+                    # apart): either way the front-end broke a channel the
+                    # connection still needs.
+                    if not self.closed.is_set():
+                        self.log.error("PE %d's channel ended under a live connection, "
+                                       "dropping front-end", pe)
+                        self._shutdown()
                     break
                 with ring.lock:
                     if self.closed.is_set():
