@@ -1422,3 +1422,46 @@ TEST_TIMEOUT(outage_backend, 120000000)
     EXPECT_EQ(hs.last[0].x[0], EV_SHARED_NORMAL);
     sdei_clean();
 }
+
+/*
+ * The v2 front-end (smccc-user) under a back-end outage: a call made while
+ * the daemon is stopped waits, and is answered once it runs again; a call
+ * in flight while the daemon is killed and restarted from its journal is
+ * re-sent by QEMU and answered exactly once.  Host steps: 1 the host has
+ * SIGSTOPped sdeid (and SIGCONTs it a while later); 2 the host is about to
+ * SIGKILL sdeid and start it again.  Run only when named.
+ */
+TEST_TIMEOUT(outage_resend, 120000000)
+{
+    sdei_clean();
+    hs_reset();
+    ASSERT_EQ(sdei_event_register(EV_SHARED_NORMAL, EP, ARG(h_count),
+                                  SDEI_EVENT_REGISTER_RM_ANY, 0), 0);
+    ASSERT_EQ(sdei_event_enable(EV_SHARED_NORMAL), 0);
+    ASSERT_EQ(sdei_pe_unmask(), 0);
+
+    if (!host_wait("HOST", 1, -1, 30000000))
+        return;
+    u64 t0 = timer_count();
+    EXPECT_TRUE(sdei_version() > 0);
+    u64 ms = ticks_to_ns(timer_count() - t0) / 1000000;
+    printf("  [outage_resend] a call to a stopped back-end waited %lu ms, then was "
+           "answered\n", ms);
+    EXPECT_TRUE(ms >= 1000);
+
+    if (!host_wait("HOST", 2, -1, 30000000))
+        return;
+    t0 = timer_count();
+    /* Masking is not idempotent in its result (1: it changed, 0: already
+     * masked), so a call applied twice would be seen. */
+    EXPECT_EQ(sdei_pe_mask(), 1);
+    ms = ticks_to_ns(timer_count() - t0) / 1000000;
+    printf("  [outage_resend] a call across a back-end restart took %lu ms\n", ms);
+    EXPECT_EQ(sdei_pe_mask(), 0);
+    EXPECT_EQ(sdei_pe_unmask(), 0);
+    EXPECT_EQ(sdei_event_status(EV_SHARED_NORMAL), ST_REG | ST_EN);
+    if (host_trigger(EV_SHARED_NORMAL, -1))
+        EXPECT_WAIT(atomic_read(&hs.total) == 1, 5000000);
+    EXPECT_EQ(hs.last[0].x[0], EV_SHARED_NORMAL);
+    sdei_clean();
+}
