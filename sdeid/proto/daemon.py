@@ -44,7 +44,8 @@ class Daemon2:
                  allowed_uids: set[int] | None = None, allow_any_uid: bool = False) -> None:
         self.backend = s.Backend(config)
         self.state = DaemonState.STARTING
-        self.state_history: list[DaemonState] = [self.state]
+        # Bounded: a front-end that reconnects forever must not grow it.
+        self.state_history: deque[DaemonState] = deque([self.state], maxlen=64)
         self.allowed_uids = allowed_uids if allowed_uids is not None else {os.getuid()}
         self.allow_any_uid = allow_any_uid
         self.events: deque[dict[str, Any]] = deque(maxlen=MAX_OBSERVED)
