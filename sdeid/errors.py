@@ -13,6 +13,9 @@ Anything else that escapes is a bug in sdeid and should crash loudly in tests.
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 
 class SdeidError(Exception):
     """Root of every error sdeid raises on purpose."""
@@ -28,3 +31,16 @@ class ConfigError(SdeidError):
 
 class StateError(SdeidError):
     """A dispatcher state blob cannot be restored."""
+
+
+class ConnectionLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """A logger for one connection: its name prefixes each message.
+
+    Not a child logger per connection: logging keeps every logger it ever
+    made, so a front-end that reconnects forever would grow the process."""
+
+    def __init__(self, logger: logging.Logger, name: str) -> None:
+        super().__init__(logger, {"conn": name})
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        return f"{self.extra['conn']}: {msg}", kwargs  # type: ignore[index]

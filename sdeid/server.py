@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sdeid.errors import ConfigError, PeerError, StateError
+from sdeid.errors import ConfigError, ConnectionLog, PeerError, StateError
 from sdeid.model.abi import EventType
 from sdeid.model.dispatcher import Dispatcher
 from sdeid.model.types import PlatformConfig
@@ -60,7 +60,7 @@ class DeviceProtocol(asyncio.Protocol):
     def __init__(self, daemon: Daemon, n: int) -> None:
         self.daemon = daemon
         self.session = Session(daemon.backend, name=f"fe{n}")
-        self.log = log.getChild(f"fe{n}")
+        self.log = ConnectionLog(log, f"fe{n}")
         self.transport: asyncio.Transport | None = None
         self._stall: asyncio.TimerHandle | None = None
 

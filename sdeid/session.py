@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdeid.errors import StateError
+from sdeid.errors import ConnectionLog, StateError
 from sdeid.model.abi import Fid
 from sdeid.model.dispatcher import Dispatcher
 from sdeid.model.types import (
@@ -77,7 +77,7 @@ class Session:
         self.state = ConnState.AWAIT_HELLO
         self.features = 0
         self.reader = w.FrameReader(w.BACKEND_ACCEPTS)
-        self.log = log.getChild(name)
+        self.log = ConnectionLog(log, name)
         self._next_id = 1 << 63  # back-end-initiated ids live in the upper half
 
     def _set_state(self, new: ConnState) -> None:

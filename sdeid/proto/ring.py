@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sdeid.errors import PeerError
+from sdeid.errors import ConnectionLog, PeerError
 from sdeid.proto import session as s
 from sdeid.proto.journal import Journal
 
@@ -59,7 +59,7 @@ class Connection:
         self.ring = ring
         self.sock = sock
         self.session = s.Session(ring.backend, name=f"fe{n}")
-        self.log = log.getChild(f"fe{n}")
+        self.log = ConnectionLog(log, f"fe{n}")
         self.channels: dict[int, socket.socket] = {}
         self.threads: list[threading.Thread] = []
         self.closed = threading.Event()

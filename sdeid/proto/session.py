@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sdeid.errors import StateError
+from sdeid.errors import ConnectionLog, StateError
 from sdeid.model.dispatcher import Dispatcher
 from sdeid.model.types import (
     REG_ELR,
@@ -220,7 +220,7 @@ class Session:
         self.nr_pes = 0
         self.lines: frozenset[int] = frozenset()
         self.reader = c.ControlReader("fe->be")
-        self.log = log.getChild(name)
+        self.log = ConnectionLog(log, name)
         self.history: list[ConnState] = [self.state]
         self._channels: dict[int, tuple[int, int]] = {}   # pe -> (fd, mpidr)
         self._next_tag = 1
