@@ -43,9 +43,11 @@ BLOB_TIMEOUT = 30.0      # SAVE_STATE/LOAD_STATE pipes
 MAX_FDS = 4
 
 
-def recv_with_fds(sock: socket.socket, size: int = 65536) -> tuple[bytes, list[int]]:
+def recv_with_fds(sock: socket.socket, size: int = 65536,
+                  flags: int = 0) -> tuple[bytes, list[int]]:
     fds = array.array("i")
-    data, anc, _flags, _addr = sock.recvmsg(size, socket.CMSG_SPACE(MAX_FDS * fds.itemsize))
+    data, anc, _flags, _addr = sock.recvmsg(size, socket.CMSG_SPACE(MAX_FDS * fds.itemsize),
+                                            flags)
     for level, kind, payload in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
@@ -71,32 +73,50 @@ class Connection:
     # ------------------------------------------------------------ threads
 
     def run_control(self) -> None:
+        # Bytes are only ever taken off the control socket with the lock held
+        # (here, and by a vCPU thread before each request, see run_vcpu), so
+        # the model sees control messages and vCPU requests in the order the
+        # front-end sent them.  This thread only waits for readability.
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
         try:
             while not self.closed.is_set():
                 try:
-                    data, fds = recv_with_fds(self.sock)
-                except OSError as e:
-                    if not self.closed.is_set():
-                        self.log.info("control channel: %s", e)
+                    poller.poll()
+                except OSError as e:  # pragma: no cover - EINTR is retried by Python
+                    self.log.info("control channel: %s", e)
                     break
                 with self.ring.lock:
-                    if self.closed.is_set():
-                        for fd in fds:
-                            os.close(fd)
-                        break
-                    if not data:
-                        if self.session.reader.buf:
-                            self.log.error("front-end closed the connection inside a frame "
-                                           "(%d bytes)", len(self.session.reader.buf))
-                        self._perform(self.session.eof())
-                        break
-                    try:
-                        self._perform(self.session.receive_control(data, tuple(fds)))
-                    except PeerError as e:
-                        self.log.error("protocol error, dropping front-end: %s", e)
+                    if self.closed.is_set() or not self._drain_control():
                         break
         finally:
             self.close()
+
+    def _drain_control(self) -> bool:
+        """Feed the session everything the control socket holds now; called
+        with ring.lock held.  False once the connection is over."""
+        while True:
+            try:
+                data, fds = recv_with_fds(self.sock, flags=socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return True
+            except OSError as e:
+                if not self.closed.is_set():
+                    self.log.info("control channel: %s", e)
+                return False
+            if not data:
+                if self.session.reader.buf:
+                    self.log.error("front-end closed the connection inside a frame "
+                                   "(%d bytes)", len(self.session.reader.buf))
+                self._perform(self.session.eof())
+                return False
+            try:
+                self._perform(self.session.receive_control(data, tuple(fds)))
+            except PeerError as e:
+                self.log.error("protocol error, dropping front-end: %s", e)
+                return False
+            if self.session.closed:
+                return False
 
     def run_vcpu(self, pe: int, chan: socket.socket) -> None:
         ring = self.ring
@@ -118,6 +138,12 @@ class Connection:
                     break
                 with ring.lock:
                     if self.closed.is_set():
+                        break
+                    # What the front-end sent on the control channel before
+                    # this request happened before it (a line lowered by the
+                    # handler before its COMPLETE): take it in first.
+                    if not self._drain_control():
+                        self._shutdown()
                         break
                     try:
                         self._perform(sess.receive_vcpu(pe, data))
