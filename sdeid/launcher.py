@@ -151,8 +151,12 @@ class ControlClient:
 # ------------------------------------------------------------------ helpers
 
 # The patched QEMU of each device protocol: its series, and the variable
-# that names a prebuilt binary instead.
-SERIES = {1: ("qemu-patches", "SDEID_QEMU"), 2: ("qemu-patches/v2", "SDEID_QEMU_V2")}
+# that names a prebuilt binary instead.  Protocol 2 runs the whole v2
+# design: the in-budget series (qemu-patches/v2/series) and the facilities
+# beyond its line budget (KVM, the virt machine's SDEI node, PE power,
+# lines, state, NMI), which qemu-patches/v2/beyond-budget/series lists after it.
+SERIES = {1: ("qemu-patches", "SDEID_QEMU"),
+          2: ("qemu-patches/v2/beyond-budget", "SDEID_QEMU_V2")}
 # Protocol 2's device forwards the SMCCC ranges it is told: SDEI's SMC64
 # range and its SMC32 twin (the daemon answers the latter NOT_SUPPORTED).
 SDEI_FIDS = "0xc4000020-0xc400003f,0x84000020-0x8400003f"
