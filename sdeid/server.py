@@ -35,6 +35,25 @@ STALL_TIMEOUT = 10.0
 MAX_OBSERVED = 1000  # bounded event history for the control socket
 
 
+def qmp_event(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+    """An observed event as the control socket sends it (QMP's event shape)."""
+    now = time.time()
+    return {"event": kind, "data": data,
+            "timestamp": {"seconds": int(now), "microseconds": int(now % 1 * 1e6)}}
+
+
+def check_record_target(d: Dispatcher, event: int, pe: int | None) -> None:
+    """LookupError unless `event` is a static event the guest registered
+    (on `pe` for a private one): the only events an error record may notify."""
+    ev = d.events.get(event)
+    if ev is None or ev.dynamic:
+        raise LookupError(f"event {event} is not a static platform event")
+    inst = d.shared.get(event) if ev.type == EventType.SHARED else (
+        d.private[pe].get(event) if pe is not None and 0 <= pe < len(d.pes) else None)
+    if inst is None or not inst.state.registered:
+        raise LookupError(f"event {event} is not registered by the guest")
+
+
 class DaemonState(enum.Enum):
     STARTING = "starting"
     LISTENING = "listening"
@@ -257,13 +276,7 @@ class Daemon:
         if not session.features & spec.FEATURES["ERROR_RECORDS"]:
             raise LookupError("the VMM has no firmware-first error sources "
                               "(feature ERROR_RECORDS not negotiated)")
-        ev = d.events.get(event)
-        if ev is None or ev.dynamic:
-            raise LookupError(f"event {event} is not a static platform event")
-        inst = d.shared.get(event) if ev.type == EventType.SHARED else (
-            d.private[pe].get(event) if pe is not None and 0 <= pe < len(d.pes) else None)
-        if inst is None or not inst.state.registered:
-            raise LookupError(f"event {event} is not registered by the guest")
+        check_record_target(d, event, pe)
         self.active.send_effects(session.encode_error_record(event, kind, address))
         self._observe("SDEI_ERROR_RECORD", {"event": event, "kind": kind, "address": address})
         return self.trigger(event, pe)
@@ -271,9 +284,7 @@ class Daemon:
     # ------------------------------------------------------------ hooks
 
     def _observe(self, kind: str, data: dict[str, Any]) -> None:
-        now = time.time()
-        ev = {"event": kind, "data": data,
-              "timestamp": {"seconds": int(now), "microseconds": int(now % 1 * 1e6)}}
+        ev = qmp_event(kind, data)
         self.events.append(ev)
         for listener in list(self.listeners):
             listener(ev)

@@ -14,20 +14,18 @@ import asyncio
 import logging
 import os
 import socket
-import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sdeid.errors import ConfigError, StateError
-from sdeid.model.abi import EventType
 from sdeid.model.types import PlatformConfig
 from sdeid.proto import session as s
 from sdeid.proto import spec
 from sdeid.proto.journal import Journal
 from sdeid.proto.ring import Ring
-from sdeid.server import MAX_OBSERVED, DaemonState, peer_uid
+from sdeid.server import MAX_OBSERVED, DaemonState, check_record_target, peer_uid, qmp_event
 
 log = logging.getLogger("sdeid.server")
 RECORD_TIMEOUT = 5.0      # one answer from the VMM
@@ -163,8 +161,7 @@ class Daemon2:
     # -------------------------------------------------- operator actions
 
     def trigger(self, event: int, pe: int | None) -> int:
-        ret = self.ring.trigger(event, pe)
-        return ret
+        return self.ring.trigger(event, pe)
 
     async def inject_error(self, event: int, kind: int, address: int,
                            pe: int | None) -> int:
@@ -248,13 +245,7 @@ class Daemon2:
             if not c.session.features & spec.FEATURES["ERROR_RECORDS"]:
                 raise LookupError("the VMM has no firmware-first error sources "
                                   "(feature ERROR_RECORDS not agreed)")
-            ev = d.events.get(event)
-            if ev is None or ev.dynamic:
-                raise LookupError(f"event {event} is not a static platform event")
-            inst = d.shared.get(event) if ev.type == EventType.SHARED else (
-                d.private[pe].get(event) if pe is not None and 0 <= pe < len(d.pes) else None)
-            if inst is None or not inst.state.registered:
-                raise LookupError(f"event {event} is not registered by the guest")
+            check_record_target(d, event, pe)
             self.ring.error_record(event, kind, address, done)
         try:
             return await asyncio.wait_for(fut, RECORD_TIMEOUT)
@@ -265,10 +256,7 @@ class Daemon2:
     # ------------------------------------------------------------ hooks
 
     def _observe(self, kind: str, data: dict[str, Any]) -> None:
-        now = time.time()
-        ev = {"event": kind, "data": data,
-              "timestamp": {"seconds": int(now), "microseconds": int(now % 1 * 1e6)}}
-        self._call_soon(self._emit, ev)
+        self._call_soon(self._emit, qmp_event(kind, data))
 
     def _emit(self, ev: dict[str, Any]) -> None:
         self.events.append(ev)
