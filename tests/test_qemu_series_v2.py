@@ -10,11 +10,9 @@ missing, unless a developer sets SDEID_SKIP_INTEGRATION=1."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from sdeid.launcher import Launch, find_qemu
+from sdeid.launcher import ControlClient, Launch, find_qemu
 from tests.test_guest_conformance import (
     HOST_STEP,
     RESULT,
@@ -186,30 +184,6 @@ def test_conformance_guest_on_v2(guest_image: Path, qemu: str, conduit: str,
     assert not errors, errors
 
 
-class Monitor:
-    """A blocking QMP client of QEMU's own monitor (not the daemon's)."""
-
-    def __init__(self, path: Path) -> None:
-        self.s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.s.settimeout(5)
-        self.s.connect(str(path))
-        self.f = self.s.makefile("rwb")
-        self.f.readline()
-        self.execute("qmp_capabilities")
-
-    def execute(self, cmd: str) -> object:
-        self.f.write(json.dumps({"execute": cmd}).encode() + b"\n")
-        self.f.flush()
-        while True:
-            msg = json.loads(self.f.readline())
-            if "return" in msg or "error" in msg:
-                return msg.get("return", msg.get("error"))
-
-    def close(self) -> None:
-        self.f.close()
-        self.s.close()
-
-
 def test_outage_a_waiting_vcpu_waits_and_a_resent_call_is_answered_once(
         guest_image: Path, qemu: str, tmp_path: Path) -> None:
     """tests/guest case outage_resend.  Step 1: sdeid is SIGSTOPped while
@@ -240,7 +214,7 @@ def test_outage_a_waiting_vcpu_waits_and_a_resent_call_is_answered_once(
                     vm.wait_connected(10)
                     os.kill(vm.daemon_proc.pid, signal.SIGSTOP)
                     vm.send_console(b"+1\n")
-                    mon = Monitor(mon_path)
+                    mon = ControlClient(mon_path, timeout=5)   # QEMU's own QMP
                     t_end = time.monotonic() + 2.0
                     while time.monotonic() < t_end:
                         status = mon.execute("query-status")
