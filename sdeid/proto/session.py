@@ -219,6 +219,7 @@ class Session:
         self.instance = 0
         self.nr_pes = 0
         self.lines: frozenset[int] = frozenset()
+        self._nr_spis = 0
         self.reader = c.ControlReader("fe->be")
         self.log = ConnectionLog(log, name)
         self.history: list[ConnState] = [self.state]
