@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdeid import trace as tr
 from sdeid.errors import ConnectionLog, StateError
-from sdeid.model.abi import Fid
 from sdeid.model.dispatcher import Dispatcher
 from sdeid.model.types import (
     ClaimLine,
@@ -29,24 +29,11 @@ from sdeid.model.types import (
     ReleaseLine,
     Topology,
 )
+from sdeid.trace import trace
 from sdeid.wire import codec as w
 from sdeid.wire import spec
 
 log = logging.getLogger("sdeid.session")
-# One line per guest-visible event, at DEBUG (`--log-level debug`):
-#   CALL pe=1 PRIVATE_RESET ret=0 | DISPATCH pe=0 event=100 | RESET | PE_POWER pe=1 state=0
-trace = logging.getLogger("sdeid.trace")
-_FID_NAMES = {int(f): f.name for f in Fid}
-
-
-def _ret_text(update: RegisterUpdate) -> str:
-    if not update.mask & 1:
-        return "-"
-    x0 = update.x[0]
-    if x0 >> 63:
-        return str(x0 - (1 << 64))
-    return hex(x0) if x0 > 0xFFFF else str(x0)
-
 SUPPORTED_FEATURES = spec.FEATURES_ALL
 
 
@@ -133,9 +120,7 @@ class Session:
         if isinstance(msg, w.Call):
             self._check_pe(msg.pe)
             outcome = d.call(msg.pe, msg.fid, msg.args, msg.pc, msg.pstate)
-            if trace.isEnabledFor(logging.DEBUG):
-                trace.debug("CALL pe=%d %s ret=%s", msg.pe,
-                            _FID_NAMES.get(msg.fid, f"0x{msg.fid:x}"), _ret_text(outcome.update))
+            tr.call(msg.pe, msg.fid, outcome.update)
             self._effects(outcome.effects, out)
             out.append(_reg_reply(outcome.update, outcome.pull, hid, w.Call.CODE))
             return True

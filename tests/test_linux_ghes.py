@@ -37,7 +37,7 @@ import pytest
 from sdeid.launcher import Launch, LaunchError
 from tests.test_linux_guest import (
     assets,  # noqa: F401 - a fixture
-    qemu,  # noqa: F401 - a fixture
+    qemu_v1,  # noqa: F401 - a fixture
 )
 
 pytestmark = pytest.mark.integration
@@ -78,11 +78,11 @@ def _read(path: Path) -> str:
         return ""
 
 
-def test_memory_error_is_logged_by_the_guest(qemu: str, assets: dict[str, str],  # noqa: F811
+def test_memory_error_is_logged_by_the_guest(qemu_v1: str, assets: dict[str, str],  # noqa: F811
                                              tmp_path: Path) -> None:
     _check_firmware(assets)    # Launch(firmware="uefi") takes the same pair (find_aavmf)
     args = ["-kernel", assets["KERNEL"], "-initrd", assets["INITRD"], "-append", APPEND]
-    with Launch(args, qemu=qemu, firmware="uefi", smp=2, memory="1G",
+    with Launch(args, qemu=qemu_v1, firmware="uefi", smp=2, memory="1G",
                 sdeid_args=["--event", f"{EVENT}:shared:normal",
                             "--state-file", str(tmp_path / "sdeid.state")],
                 device_props=f"ghes-event={EVENT}", keep_dir=tmp_path / "run",

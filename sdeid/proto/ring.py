@@ -129,11 +129,12 @@ class Connection:
                     break
                 if not data:
                     # End of file, or an empty datagram (recv cannot tell them
-                    # apart): either way the front-end broke a channel the
-                    # connection still needs.
+                    # apart).  A QEMU that exits closes its vCPU channels
+                    # before the control stream, so this is how most
+                    # connections end: not an error, but the connection
+                    # cannot go on without the channel.
                     if not self.closed.is_set():
-                        self.log.error("PE %d's channel ended under a live connection, "
-                                       "dropping front-end", pe)
+                        self.log.info("PE %d's channel ended: ending the connection", pe)
                         self._shutdown()
                     break
                 with ring.lock:

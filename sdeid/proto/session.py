@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdeid import trace as tr
 from sdeid.errors import ConnectionLog, StateError
 from sdeid.model.dispatcher import Dispatcher
 from sdeid.model.types import (
@@ -42,9 +43,9 @@ from sdeid.model.types import (
 )
 from sdeid.proto import codec as c
 from sdeid.proto import spec
+from sdeid.trace import trace
 
 log = logging.getLogger("sdeid.proto.session")
-trace = logging.getLogger("sdeid.trace")
 
 SUPPORTED_FEATURES = spec.FEATURES_ALL
 A = spec.ACTIONS
@@ -465,9 +466,7 @@ class Session:
         d = self.dispatcher
         if req.op == OP_CALL:
             outcome = d.call(pe, req.x[0] & 0xFFFFFFFF, req.x[1:6], req.pc, req.pstate)
-            if trace.isEnabledFor(logging.DEBUG):
-                trace.debug("CALL pe=%d fid=0x%x x0=0x%x", pe, req.x[0],
-                            outcome.update.x[0])
+            tr.call(pe, req.x[0] & 0xFFFFFFFF, outcome.update)
             self._effects(outcome.effects, out)
             return to_reply(req.op, req.seq, outcome.update, outcome.pull)
         if req.op == OP_PULL:
