@@ -25,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 
 from sdeid import __version__
 from sdeid.errors import ConfigError
+from sdeid.lifecycle import peer_uid
 from sdeid.model.abi import EventType, Ret
-from sdeid.server import Daemon
+from sdeid.proto.spec import ERROR_KINDS
 
 if TYPE_CHECKING:
     from sdeid.proto.daemon import Daemon2
-from sdeid.wire.spec import ERROR_KINDS
+    from sdeid.server import Daemon
 
 log = logging.getLogger("sdeid.control")
 MAX_LINE = 64 * 1024
@@ -364,6 +365,5 @@ def _inst_info(number: int, kind: str, pe: int | None, inst: Any) -> dict[str, A
 
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int | None:
-    from sdeid.server import peer_uid
     sock = writer.get_extra_info("socket")
     return None if sock is None else peer_uid(sock)

@@ -9,20 +9,17 @@ dropped; the Backend keeps the dispatcher state for the next connection.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import os
 import socket
-import struct
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sdeid.errors import ConfigError, ConnectionLog, PeerError, StateError
-from sdeid.model.abi import EventType
+from sdeid.lifecycle import MAX_OBSERVED, DaemonState, check_record_target, peer_uid, qmp_event
 from sdeid.model.dispatcher import Dispatcher
 from sdeid.model.types import PlatformConfig
 from sdeid.session import Backend, ConnState, Session
@@ -32,45 +29,6 @@ log = logging.getLogger("sdeid.server")
 
 # A frame that has started must finish within this many seconds.
 STALL_TIMEOUT = 10.0
-MAX_OBSERVED = 1000  # bounded event history for the control socket
-
-
-def qmp_event(kind: str, data: dict[str, Any]) -> dict[str, Any]:
-    """An observed event as the control socket sends it (QMP's event shape)."""
-    now = time.time()
-    return {"event": kind, "data": data,
-            "timestamp": {"seconds": int(now), "microseconds": int(now % 1 * 1e6)}}
-
-
-def check_record_target(d: Dispatcher, event: int, pe: int | None) -> None:
-    """LookupError unless `event` is a static event the guest registered
-    (on `pe` for a private one): the only events an error record may notify."""
-    ev = d.events.get(event)
-    if ev is None or ev.dynamic:
-        raise LookupError(f"event {event} is not a static platform event")
-    inst = d.shared.get(event) if ev.type == EventType.SHARED else (
-        d.private[pe].get(event) if pe is not None and 0 <= pe < len(d.pes) else None)
-    if inst is None or not inst.state.registered:
-        raise LookupError(f"event {event} is not registered by the guest")
-
-
-class DaemonState(enum.Enum):
-    STARTING = "starting"
-    LISTENING = "listening"
-    CONNECTED = "connected"
-    STOPPING = "stopping"
-    STOPPED = "stopped"
-
-
-def peer_uid(sock: socket.socket) -> int | None:
-    """The uid of a Unix-socket peer (SO_PEERCRED), or None if unknown."""
-    try:
-        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                struct.calcsize("3i"))
-    except OSError:
-        return None
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return int(uid)
 
 
 class DeviceProtocol(asyncio.Protocol):

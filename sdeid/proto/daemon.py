@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from sdeid.errors import ConfigError, StateError
+from sdeid.lifecycle import MAX_OBSERVED, DaemonState, check_record_target, peer_uid, qmp_event
 from sdeid.model.types import PlatformConfig
 from sdeid.proto import session as s
 from sdeid.proto import spec
 from sdeid.proto.journal import Journal
 from sdeid.proto.ring import Ring
-from sdeid.server import MAX_OBSERVED, DaemonState, check_record_target, peer_uid, qmp_event
 
 log = logging.getLogger("sdeid.server")
 RECORD_TIMEOUT = 5.0      # one answer from the VMM
