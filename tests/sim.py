@@ -1,23 +1,72 @@
 """An in-memory front-end around a bare Dispatcher: vCPUs with registers,
-kicks served by pulls, lines by level; no sockets.  The model tests use it;
-the socket tests use sdeid.testing.frontend.FrontEnd, which applies
-registers with the same function."""
+kicks served by pulls, lines by level; no sockets, no protocol.  The model
+tests use it; the protocol tests use sdeid.testing.frontend2."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 from sdeid.model.abi import U64, EventType, Fid, Priority
 from sdeid.model.dispatcher import Dispatcher
 from sdeid.model.types import (
+    REG_ELR,
+    REG_PC,
+    REG_PSTATE,
+    REG_SPSR,
     ClaimLine,
     Context,
     EventDef,
     Kick,
     PlatformConfig,
+    RegisterUpdate,
     ReleaseLine,
     Topology,
 )
-from sdeid.testing.frontend import VCpu, apply_registers
-from sdeid.wire import spec
+
+# Which registers a model result may write (RegisterUpdate.mask bits): a
+# call x0..x3; COMPLETE and COMPLETE_AND_RESUME the whole context; a
+# handler entry x0..x3, PC and PSTATE.
+ALLOW_CALL = 0xF
+ALLOW_CALL_CONTEXT = (1 << 22) - 1
+ALLOW_DISPATCH = 0xF | (1 << REG_PC) | (1 << REG_PSTATE)
+CONTEXT_SWITCH_FIDS = (Fid.EVENT_COMPLETE, Fid.EVENT_COMPLETE_AND_RESUME)
+
+@dataclass
+class VCpu:
+    """The registers a dispatch can read or write, with EL1 and EL2 banks."""
+
+    x: list[int] = field(default_factory=lambda: [0] * 31)
+    pc: int = 0x40080000
+    pstate: int = 0x3C5          # EL1h, DAIF masked
+    elr: dict[int, int] = field(default_factory=lambda: {1: 0, 2: 0})
+    spsr: dict[int, int] = field(default_factory=lambda: {1: 0, 2: 0})
+    sctlr_el1: int = 0x30D0199D
+    vbar_el1: int = 0x40081000
+    sctlr_el2: int = 0
+    vbar_el2: int = 0
+
+    @property
+    def el(self) -> int:
+        return (self.pstate >> 2) & 3
+
+
+def apply_registers(v: VCpu, u: RegisterUpdate, allowed: int) -> None:
+    """Write a model RegisterUpdate into `v`: x0..x17, SPSR and ELR of the
+    new PSTATE's EL, PSTATE, PC.  A write outside `allowed` is a model bug."""
+    assert not u.mask & ~allowed, f"update writes 0x{u.mask & ~allowed:x} outside 0x{allowed:x}"
+    for i in range(18):
+        if u.mask & (1 << i):
+            v.x[i] = u.x[i]
+    new_el = ((u.pstate >> 2) & 3) if u.mask & (1 << REG_PSTATE) else v.el
+    if u.mask & (1 << REG_SPSR):
+        v.spsr[new_el] = u.spsr
+    if u.mask & (1 << REG_ELR):
+        v.elr[new_el] = u.elr
+    if u.mask & (1 << REG_PSTATE):
+        v.pstate = u.pstate
+    if u.mask & (1 << REG_PC):
+        v.pc = u.pc
+
 
 SHARED_EV = 100      # static shared, normal
 SHARED_CRIT = 101    # static shared, critical
@@ -63,7 +112,7 @@ class Sim:
         v.x[1:6] = a[:5]
         v.pc += 4
         out = self.d.call(pe, fid, tuple(a[:5]), v.pc, v.pstate)
-        allowed = spec.ALLOW_CALL_CONTEXT if fid in spec.CONTEXT_SWITCH_FIDS else spec.ALLOW_CALL
+        allowed = ALLOW_CALL_CONTEXT if fid in CONTEXT_SWITCH_FIDS else ALLOW_CALL
         apply_registers(v, out.update, allowed)
         self._effects(out.effects)
         if out.pull:
@@ -83,7 +132,7 @@ class Sim:
     def dispatch(self, pe: int) -> int | None:
         self.kicked.discard(pe)
         out = self.d.dispatch(pe, self.context(pe))
-        apply_registers(self.vcpus[pe], out.update, spec.ALLOW_DISPATCH)
+        apply_registers(self.vcpus[pe], out.update, ALLOW_DISPATCH)
         self._effects(out.effects)
         if out.pull:
             self.kicked.add(pe)
