@@ -21,7 +21,7 @@ from typing import Any
 
 from sdeid.errors import ConfigError
 from sdeid.model.abi import EventType, Priority
-from sdeid.model.dispatcher import build_event_table
+from sdeid.model.state import build_event_table
 from sdeid.model.types import EventDef, PlatformConfig
 
 MAX_STATIC_EVENTS = 65536

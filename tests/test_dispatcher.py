@@ -16,8 +16,8 @@ from sdeid.model.abi import (
     Ret,
     encode_version,
 )
-from sdeid.model.dispatcher import PE_POWER_OFF, PE_POWER_ON, PE_POWER_WAKE
-from sdeid.model.types import PlatformConfig
+from sdeid.model.dispatcher import PE_POWER_OFF, PE_POWER_ON, PE_POWER_WAKE, Dispatcher
+from sdeid.model.types import PlatformConfig, Topology
 from tests.sim import EL1H, EP, PRIV_CRIT, PRIV_EV, SHARED_CRIT, SHARED_EV, Sim
 
 NOT_SUPPORTED, INVALID, DENIED, PENDING, OOR = (Ret.NOT_SUPPORTED, Ret.INVALID_PARAMETERS,
@@ -351,9 +351,7 @@ def test_bind_accepts_only_ppis_and_spis() -> None:
 
 
 def test_bind_runs_out_of_slots() -> None:
-    s = Sim(d=None)
-    s.d.config = PlatformConfig(shared_slots=2)
-    s.d.__init__(s.d.topology, PlatformConfig(shared_slots=2))  # type: ignore[misc]
+    s = Sim(d=Dispatcher(Topology.linear(4), PlatformConfig(shared_slots=2)))
     assert s.ret(0, Fid.INTERRUPT_BIND, 40) >= 0
     assert s.ret(0, Fid.INTERRUPT_BIND, 41) >= 0
     assert s.ret(0, Fid.INTERRUPT_BIND, 42) == OOR

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from sdeid.errors import StateError
 from sdeid.model.abi import Fid
 from sdeid.model.dispatcher import Dispatcher
-from sdeid.model.snapshot import FORMAT_MAJOR, FORMAT_MINOR, MAGIC, to_state
+from sdeid.model.snapshot import FORMAT_MAJOR, FORMAT_MINOR, MAGIC, to_data
 from tests.sim import PRIV_CRIT, PRIV_EV, SHARED_EV, Sim
 
 HEAD = struct.Struct("<8sHHII")
@@ -74,7 +74,7 @@ def _blob(state: dict, major: int = FORMAT_MAJOR, minor: int = FORMAT_MINOR) -> 
 
 
 def test_compatibility_rule() -> None:
-    state = to_state(Sim().d)
+    state = to_data(Sim().d.state)
     assert Dispatcher.restore(_blob(state)) == Sim().d
     with pytest.raises(StateError, match="not readable"):
         Dispatcher.restore(_blob(state, major=FORMAT_MAJOR + 1))
@@ -103,7 +103,7 @@ def test_corrupt_blobs_are_refused(mangle) -> None:  # type: ignore[no-untyped-d
     lambda s: s.pop("config"),
 ])
 def test_well_formed_but_inconsistent_state_is_refused(edit) -> None:  # type: ignore[no-untyped-def]
-    state = to_state(busy_sim().d)
+    state = to_data(busy_sim().d.state)
     edit(state)
     with pytest.raises(StateError):
         Dispatcher.restore(_blob(state))
@@ -122,7 +122,7 @@ def test_decompression_bomb_is_refused() -> None:
 # KeyError in line_level, ...).  Now each is refused with a reason.
 
 def _busy_state() -> dict:  # type: ignore[type-arg]
-    return json.loads(json.dumps(to_state(busy_sim().d)))
+    return json.loads(json.dumps(to_data(busy_sim().d.state)))
 
 
 def _edit_frame_without_instance(st: dict) -> None:  # type: ignore[type-arg]

@@ -1,7 +1,11 @@
-"""Every (state, action) pair of the client event state machine, checked
-twice: against the spec's table as written in DEN0054A 6.1 (transcribed
-independently below), and by driving a real event instance of the
-dispatcher into each state and performing each action through SDEI calls."""
+"""Every (state, input) pair of the model's two state machines, each checked
+twice: against the rules as the spec states them (transcribed independently
+below), and by driving the dispatcher into each state and performing each
+input through SDEI calls, dispatches and power changes.
+
+- the client event instance (DEN0054A 6.1; sdeid.model.states);
+- the PE: online x masked x the nesting of its handlers (sdeid.model.state).
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,11 @@ import itertools
 
 import pytest
 
-from sdeid.model.abi import STATUS_ENABLED, STATUS_REGISTERED, STATUS_RUNNING, Fid, Ret
+from sdeid.model.abi import STATUS_ENABLED, STATUS_REGISTERED, STATUS_RUNNING, Fid, Priority, Ret
+from sdeid.model.dispatcher import PE_POWER_OFF, PE_POWER_ON, PE_POWER_WAKE
+from sdeid.model.state import PE_STATES, PE_TRANSITIONS, Nesting, PeInput, PeState
 from sdeid.model.states import TRANSITIONS, Action, State, transition
-from tests.sim import Sim
+from tests.sim import PRIV_CRIT, PRIV_EV, SHARED_CRIT, SHARED_EV, Sim
 
 # The spec's table, row by row: "X" refused (DENIED unless noted), "NOP"
 # allowed without change, otherwise the next state.
@@ -157,3 +163,106 @@ def test_dispatcher_follows_the_table(state: State, action: Action) -> None:
         assert s.ret(0, Fid.EVENT_REGISTER, ev, 0x1000, 0, 0, 0) == Ret.DENIED  # unbound
         return
     assert status_state(s, ev) == want_state
+
+
+# ------------------------------------------------------------------------
+# The PE machine: online x masked x nesting, against every input; the table
+# first (against the rules as DEN0054 states them, transcribed here as the
+# cells that differ from "the input only sets its own bit"), then through the
+# dispatcher for every state a run can reach.
+
+N = Nesting
+# Where a dispatch may go: (online, unmasked) only, and only these nestings.
+DISPATCH_OK = {(PeInput.DISPATCH_NORMAL, N.IDLE): N.NORMAL,
+               (PeInput.DISPATCH_CRITICAL, N.IDLE): N.CRITICAL,
+               (PeInput.DISPATCH_CRITICAL, N.NORMAL): N.NORMAL_CRITICAL}
+COMPLETE_OK = {N.NORMAL: N.IDLE, N.CRITICAL: N.IDLE, N.NORMAL_CRITICAL: N.NORMAL}
+
+
+def pe_expected(s: PeState, i: PeInput) -> PeState | None:
+    if i in (PeInput.MASK, PeInput.WAKE):
+        return PeState(s.online, True, s.nesting)
+    if i is PeInput.UNMASK:
+        return PeState(s.online, False, s.nesting)
+    if i is PeInput.POWER_OFF:
+        return PeState(False, True, N.IDLE)
+    if i is PeInput.POWER_ON:
+        return PeState(True, True, N.IDLE)
+    if i is PeInput.COMPLETE:
+        n = COMPLETE_OK.get(s.nesting)
+        return None if n is None else PeState(s.online, s.masked, n)
+    n = DISPATCH_OK.get((i, s.nesting))
+    return PeState(s.online, s.masked, n) if n and s.online and not s.masked else None
+
+
+PE_PAIRS = list(itertools.product(PE_STATES, PeInput))
+
+
+def test_pe_table_lists_every_pair_as_the_rules_say() -> None:
+    assert len(PE_STATES) == 16 and len(PE_PAIRS) == 128
+    assert set(PE_TRANSITIONS) == set(PE_PAIRS)
+    for s, i in PE_PAIRS:
+        assert PE_TRANSITIONS[(s, i)] == pe_expected(s, i), (s, i)
+
+
+# A run reaches every online state, and an off PE only idle (powering off
+# abandons its handlers; nothing dispatches to it).
+REACHABLE = [s for s in PE_STATES if s.online or s.nesting is N.IDLE]
+
+
+def pe_drive(state: PeState) -> Sim:
+    """A Sim whose PE 0 is in `state`: normal handlers are PRIV_EV's,
+    critical ones PRIV_CRIT's; SHARED_EV / SHARED_CRIT (routed to PE 0)
+    are armed so a further dispatch of either priority is possible."""
+    s = Sim(nr_pes=2)
+    for ev in (PRIV_EV, PRIV_CRIT):
+        s.setup(ev, [0])
+    for ev in (SHARED_EV, SHARED_CRIT):
+        s.setup(ev, None, flags=1, aff=0)    # RM_PE to PE 0
+    assert s.ret(0, Fid.PE_UNMASK) == 0
+    for prio in state.nesting.value:
+        ev = PRIV_EV if prio is Priority.NORMAL else PRIV_CRIT
+        s.trigger(ev, 0)
+        assert s.dispatch(0) == ev
+    if not state.online:
+        s.d.pe_power(0, PE_POWER_OFF)
+    if state.masked and not s.d.pes[0].masked:
+        assert s.ret(0, Fid.PE_MASK) == 1
+    if not state.masked and s.d.pes[0].masked:
+        assert s.ret(0, Fid.PE_UNMASK) == 0
+    assert s.d.pes[0].machine == state
+    return s
+
+
+def pe_perform(s: Sim, i: PeInput) -> bool:
+    """Input `i` on PE 0 through the dispatcher; False when it was refused
+    (no dispatch happened, or COMPLETE answered DENIED)."""
+    if i is PeInput.MASK:
+        s.ret(0, Fid.PE_MASK)
+    elif i is PeInput.UNMASK:
+        assert s.ret(0, Fid.PE_UNMASK) == 0
+    elif i is PeInput.COMPLETE:
+        before = s.vcpus[0].pc
+        if s.ret(0, Fid.EVENT_COMPLETE, 0) == Ret.DENIED and s.vcpus[0].pc == before + 4:
+            return False
+    elif i in (PeInput.POWER_OFF, PeInput.POWER_ON, PeInput.WAKE):
+        s.d.pe_power(0, {PeInput.POWER_OFF: PE_POWER_OFF, PeInput.POWER_ON: PE_POWER_ON,
+                         PeInput.WAKE: PE_POWER_WAKE}[i])
+    else:
+        ev = SHARED_EV if i is PeInput.DISPATCH_NORMAL else SHARED_CRIT
+        s.trigger(ev)
+        return s.dispatch(0) == ev
+    return True
+
+
+@pytest.mark.parametrize("state,inp", [(s, i) for s, i in PE_PAIRS if s in REACHABLE],
+                         ids=lambda v: getattr(v, "name", None) or
+                         f"{'on' if v.online else 'off'}-{'m' if v.masked else 'u'}-"
+                         f"{v.nesting.name}")
+def test_dispatcher_follows_the_pe_table(state: PeState, inp: PeInput) -> None:
+    s = pe_drive(state)
+    want = PE_TRANSITIONS[(state, inp)]
+    done = pe_perform(s, inp)
+    assert done == (want is not None)
+    assert s.d.pes[0].machine == (want if want is not None else state)
+    s.d.state.validate()

@@ -25,13 +25,11 @@ docs/sdei-decisions.md and tested):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 
-from sdeid.model import abi
+from sdeid.model import abi, snapshot
 from sdeid.model.abi import (
     FLAG_RELATIVE,
     FLAG_ROUTING_PE,
-    MAX_NESTING,
     MPIDR_AFF_MASK,
     MPIDR_TOLERATED,
     SAVED_GPREGS,
@@ -43,6 +41,15 @@ from sdeid.model.abi import (
     Info,
     Priority,
     Ret,
+)
+from sdeid.model.state import (  # noqa: F401 - Frame, Instance, PE are this module's API too
+    PE,
+    SHARED,
+    DispatcherState,
+    Frame,
+    Instance,
+    PeInput,
+    build_event_table,
 )
 from sdeid.model.states import Action, State, transition
 from sdeid.model.types import (
@@ -84,78 +91,66 @@ def pstate_el(pstate: int) -> int:
     return (pstate >> 2) & 3
 
 
-@dataclass(slots=True)
-class Instance:
-    """One event instance: per PE for a private event, one for a shared one."""
-
-    state: State = State.reg
-    ep: int = 0
-    arg: int = 0
-    flags: int = 0
-    affinity: int = 0
-    client_el: int = 1
-    pending: bool = False   # an edge trigger (SIGNAL, operator) not yet taken
-    running_on: int = -1    # the PE running it, while running
-
-    def clear_registration(self) -> None:
-        self.state = State.reg
-        self.ep = self.arg = self.flags = self.affinity = 0
-        self.client_el = 1
-        self.pending = False
-        self.running_on = -1
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One level of handler nesting on a PE: the interrupted context."""
-
-    event: int
-    priority: Priority
-    x: tuple[int, ...]
-    pc: int
-    pstate: int
-    sctlr: int
-    client_el: int
-
-
-@dataclass(slots=True)
-class PE:
-    mpidr: int
-    masked: bool = True     # every PE starts masked (DEN0054 5.1.x; TF-A)
-    online: bool = True
-    kicked: bool = False    # a kick is outstanding: do not send another
-    frames: list[Frame] = field(default_factory=list)
-
-
-# A key for the pending set: (event, pe) for a private instance,
-# (event, -1) for a shared event.
-SHARED = -1
-
-
 class Dispatcher:
     """The dispatcher for one VM."""
 
-    def __init__(self, topology: Topology, config: PlatformConfig | None = None) -> None:
-        self.topology = topology
-        self.config = config or PlatformConfig()
-        self.events: dict[int, EventDef] = build_event_table(self.config)
-        self.pes: list[PE] = [PE(mpidr=m) for m in topology.mpidrs]
-        self._pe_by_aff = {m & MPIDR_AFF_MASK: i for i, m in enumerate(topology.mpidrs)}
-        # Private instances per PE, created on first use; shared per event.
-        self.private: list[dict[int, Instance]] = [{} for _ in topology.mpidrs]
-        self.shared: dict[int, Instance] = {}
-        # Dynamic bindings: event -> INTID and back.
-        self.bound: dict[int, int] = {}
-        self.by_intid: dict[int, int] = {}
-        # Levels of claimed lines, keyed (intid, pe); pe is 0 for SPIs.
-        self.levels: dict[tuple[int, int], bool] = {}
-        # Instances with a trigger waiting (edge pending or line high).
-        self.pending: set[tuple[int, int]] = set()
+    def __init__(self, topology: Topology, config: PlatformConfig | None = None,
+                 state: DispatcherState | None = None) -> None:
+        # The one value the rules below operate on (sdeid.model.state).
+        self.state = state if state is not None else DispatcherState.fresh(
+            topology, config or PlatformConfig())
         self.stats: dict[str, int] = {"calls": 0, "dispatches": 0, "completions": 0}
         # The INTIDs the front-end can intercept (None: any PPI or SPI).  Not
         # state: each connection advertises its own, and INTERRUPT_BIND
         # refuses the rest instead of accepting a line that never fires.
         self.interceptable: frozenset[int] | None = None
+
+    @classmethod
+    def from_state(cls, state: DispatcherState) -> Dispatcher:
+        state.validate()
+        return cls(state.topology, state.config, state)
+
+    # The state's parts, by the names the rules use (views, not copies).
+    @property
+    def topology(self) -> Topology:
+        return self.state.topology
+
+    @property
+    def config(self) -> PlatformConfig:
+        return self.state.config
+
+    @property
+    def events(self) -> dict[int, EventDef]:
+        return self.state.events
+
+    @property
+    def pes(self) -> list[PE]:
+        return self.state.pes
+
+    @property
+    def private(self) -> list[dict[int, Instance]]:
+        return self.state.private
+
+    @property
+    def shared(self) -> dict[int, Instance]:
+        return self.state.shared
+
+    @property
+    def bound(self) -> dict[int, int]:
+        return self.state.bound
+
+    @property
+    def by_intid(self) -> dict[int, int]:
+        return self.state.by_intid
+
+    @property
+    def levels(self) -> dict[tuple[int, int], bool]:
+        return self.state.levels
+
+    @property
+    def pending(self) -> set[tuple[int, int]]:
+        return self.state.pending
+
 
     # ------------------------------------------------------------------ lookup
 
@@ -167,7 +162,7 @@ class Dispatcher:
         """The PE an MPIDR names, or None when it names none."""
         if mpidr & ~(MPIDR_AFF_MASK | MPIDR_TOLERATED) & U64:
             return None
-        return self._pe_by_aff.get(mpidr & MPIDR_AFF_MASK)
+        return self.state.pe_by_aff.get(mpidr & MPIDR_AFF_MASK)
 
     def instance(self, event: int, pe: int) -> Instance:
         """The instance of `event` that PE `pe` sees (created on first use)."""
@@ -185,15 +180,13 @@ class Dispatcher:
 
     def _peek(self, event: int, pe: int) -> Instance | None:
         """The instance if it exists, without creating it."""
-        if self.events[event].type == EventType.SHARED:
-            return self.shared.get(event)
-        return self.private[pe].get(event)
+        return self.state.peek(event, pe)
 
     def _key(self, event: int, pe: int) -> tuple[int, int]:
-        return (event, SHARED if self.events[event].type == EventType.SHARED else pe)
+        return self.state.key(event, pe)
 
     def _line_key(self, intid: int, pe: int) -> tuple[int, int]:
-        return (intid, pe if self.topology.is_ppi(intid) else 0)
+        return self.state.line_key(intid, pe)
 
     # ------------------------------------------------------------------- calls
 
@@ -348,14 +341,13 @@ class Dispatcher:
     def _pe_mask(self, pe: int, a: tuple[int, ...], pc: int, pstate: int,
                  fx: list[Effect]) -> int:
         p = self.pes[pe]
-        if p.masked:
-            return 0
-        p.masked = True
-        return 1
+        was = p.masked
+        p.step(PeInput.MASK)
+        return 0 if was else 1
 
     def _pe_unmask(self, pe: int, a: tuple[int, ...], pc: int, pstate: int,
                    fx: list[Effect]) -> int:
-        self.pes[pe].masked = False
+        self.pes[pe].step(PeInput.UNMASK)
         return Ret.SUCCESS
 
     def _interrupt_bind(self, pe: int, a: tuple[int, ...], pc: int, pstate: int,
@@ -472,10 +464,11 @@ class Dispatcher:
 
     def _finish(self, pe: int, resume: int | None) -> RegisterUpdate | int:
         """COMPLETE (resume None) or COMPLETE_AND_RESUME(resume)."""
-        frames = self.pes[pe].frames
-        if not frames:
+        p = self.pes[pe]
+        if not p.can(PeInput.COMPLETE):
             return Ret.DENIED
-        frame = frames.pop()
+        frame = p.step(PeInput.COMPLETE)
+        assert frame is not None
         self._end_running(frame.event, pe,
                           Action.COMPLETE if resume is None else Action.COMPLETE_AND_RESUME)
         self.stats["completions"] += 1
@@ -550,8 +543,8 @@ class Dispatcher:
         sctlr, vbar = ((ctx.sctlr_el2, ctx.vbar_el2) if client_el == 2
                        else (ctx.sctlr_el1, ctx.vbar_el1))
         x = tuple(v & U64 for v in ctx.x)
-        p.frames.append(Frame(event, ev.priority, x, ctx.pc & U64, ctx.pstate & U64,
-                              sctlr, client_el))
+        p.step(_DISPATCH[ev.priority], Frame(event, ev.priority, x, ctx.pc & U64,
+                                             ctx.pstate & U64, sctlr, client_el))
         ep = inst.ep
         if inst.flags & FLAG_RELATIVE:
             ep = (vbar + ep) & U64
@@ -580,8 +573,9 @@ class Dispatcher:
         return None if best is None else (best[1], best[2])
 
     def _can_take(self, pe: int, event: int, owner: int) -> bool:
-        p = self.pes[pe]
-        if p.masked or not p.online:
+        # Mask, power and nesting (critical preempts a running normal
+        # handler, nothing else nests) are the PE table's.
+        if not self.pes[pe].can(_DISPATCH[self.events[event].priority]):
             return False
         inst = self.private[pe].get(event) if owner != SHARED else self.shared.get(event)
         if inst is None or inst.state != State.rEG:
@@ -589,12 +583,7 @@ class Dispatcher:
         if owner == SHARED and inst.flags & FLAG_ROUTING_PE:
             if self.pe_index(inst.affinity) != pe:
                 return False
-        if not p.frames:
-            return True
-        # Critical preempts a running normal handler; nothing else nests.
-        return (len(p.frames) < MAX_NESTING
-                and p.frames[-1].priority == Priority.NORMAL
-                and self.events[event].priority == Priority.CRITICAL)
+        return True
 
     def _schedule(self, effects: list[Effect], caller: int | None = None) -> bool:
         """Kick a PE for each pending instance some PE could take now.
@@ -694,9 +683,7 @@ class Dispatcher:
     def reset(self) -> None:
         """System reset: back to the state of a fresh boot.  The front-end
         has already handed every claimed line back to the GIC."""
-        stats, interceptable = self.stats, self.interceptable
-        self.__init__(self.topology, self.config)  # type: ignore[misc]
-        self.stats, self.interceptable = stats, interceptable
+        self.state = DispatcherState.fresh(self.topology, self.config)
 
     def resync(self) -> tuple[Effect, ...]:
         """Forget outstanding kicks and kick again where something is due:
@@ -708,19 +695,17 @@ class Dispatcher:
         return tuple(effects)
 
     def snapshot(self) -> bytes:
-        from sdeid.model.snapshot import dump
-        return dump(self)
+        return snapshot.dump(self.state)
 
     @classmethod
     def restore(cls, blob: bytes) -> Dispatcher:
-        from sdeid.model.snapshot import load
-        return load(blob)
+        """A dispatcher from a blob; StateError says why one is refused."""
+        return cls.from_state(snapshot.load(blob))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Dispatcher):
             return NotImplemented
-        from sdeid.model.snapshot import to_state
-        return to_state(self) == to_state(other)
+        return snapshot.to_data(self.state) == snapshot.to_data(other.state)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -730,23 +715,21 @@ class Dispatcher:
             raise ValueError(f"PE index {pe} out of range")
         p = self.pes[pe]
         if state == PE_POWER_WAKE:
-            p.masked = True  # a PE wakes from power-down suspend masked
+            p.step(PeInput.WAKE)
             return ()
+        if state not in (PE_POWER_OFF, PE_POWER_ON):
+            raise ValueError(f"unknown PE power state {state}")
         # Powering off or on abandons any handler the PE was running.
         while p.frames:
-            frame = p.frames.pop()
+            frame = p.step(PeInput.COMPLETE)
+            assert frame is not None
             self._end_running(frame.event, pe, Action.COMPLETE)
         p.kicked = False
-        p.masked = True
-        if state == PE_POWER_OFF:
-            p.online = False
-        elif state == PE_POWER_ON:
-            p.online = True
+        p.step(PeInput.POWER_OFF if state == PE_POWER_OFF else PeInput.POWER_ON)
+        if state == PE_POWER_ON:
             for event in list(self.private[pe]):
                 self.private[pe][event].clear_registration()
                 self._drop_edge(event, pe)
-        else:
-            raise ValueError(f"unknown PE power state {state}")
         effects: list[Effect] = []
         self._schedule(effects)  # RM_ANY work this PE held goes elsewhere
         return tuple(effects)
@@ -768,13 +751,10 @@ class Dispatcher:
         return [cfg.SHARED_SLOT_BASE + i for i in range(cfg.shared_slots)]
 
     def _line_pes(self, intid: int) -> range:
-        return range(len(self.pes)) if self.topology.is_ppi(intid) else range(1)
+        return self.state.line_pes(intid)
 
     def _instances(self, ev: EventDef) -> list[Instance]:
-        if ev.type == EventType.SHARED:
-            inst = self.shared.get(ev.number)
-            return [] if inst is None else [inst]
-        return [t[ev.number] for t in self.private if ev.number in t]
+        return self.state.instances(ev)
 
     def _drop_edge(self, event: int, pe: int) -> None:
         """Forget an edge trigger of an instance that is no longer registered
@@ -782,6 +762,10 @@ class Dispatcher:
         if event not in self.bound:
             self.pending.discard(self._key(event, pe))
 
+
+# The PE table's input for dispatching an event of each priority.
+_DISPATCH = {Priority.NORMAL: PeInput.DISPATCH_NORMAL,
+             Priority.CRITICAL: PeInput.DISPATCH_CRITICAL}
 
 # Per-function counters in stats (query-stats), e.g. "call.PE_UNMASK".
 _CALL_STAT = {int(f): f"call.{f.name}" for f in Fid}
@@ -800,21 +784,3 @@ def _exception_pstate(interrupted: int, el: int, sctlr: int) -> int:
     if sctlr & SCTLR_DSSBS:
         p |= PSTATE_SSBS
     return p & U64
-
-
-def build_event_table(config: PlatformConfig) -> dict[int, EventDef]:
-    """Event 0, the platform's static events, and the dynamic slots."""
-    events = {SIGNAL_EVENT: EventDef(SIGNAL_EVENT, EventType.PRIVATE, Priority.NORMAL)}
-    for i in range(config.private_slots):
-        n = config.PRIVATE_SLOT_BASE + i
-        events[n] = EventDef(n, EventType.PRIVATE, Priority.NORMAL, slot=i)
-    for i in range(config.shared_slots):
-        n = config.SHARED_SLOT_BASE + i
-        events[n] = EventDef(n, EventType.SHARED, Priority.NORMAL, slot=i)
-    for ev in config.static_events:
-        if ev.number in events:
-            raise ValueError(f"static event {ev.number} collides with event 0 or a bind slot")
-        if not 0 < ev.number < 2**31:
-            raise ValueError(f"event number {ev.number} out of range 1..2^31-1")
-        events[ev.number] = ev
-    return events

@@ -9,7 +9,7 @@ operator's `query-state` all use this one format:
     10     2    format minor (u16 le)
     12     4    length of the compressed body (u32 le)
     16     4    CRC-32 of the compressed body (u32 le)
-    20     n    zlib-compressed UTF-8 JSON of `to_state()`
+    20     n    zlib-compressed UTF-8 JSON of `to_data()`
 
 Compatibility rule: a daemon restores any blob with its own major and a minor
 no greater than its own.  A minor adds optional fields only (a reader fills
@@ -23,15 +23,13 @@ from __future__ import annotations
 import json
 import struct
 import zlib
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sdeid.errors import StateError
 from sdeid.model.abi import EventType, Priority
+from sdeid.model.state import PE, DispatcherState, Frame, Instance
 from sdeid.model.states import State
 from sdeid.model.types import EventDef, PlatformConfig, Topology
-
-if TYPE_CHECKING:
-    from sdeid.model.dispatcher import Dispatcher
 
 MAGIC = b"SDEISTAT"
 FORMAT_MAJOR = 1
@@ -43,8 +41,8 @@ MAX_BLOB = 4 * 1024 * 1024
 MAX_JSON = 64 * 1024 * 1024
 
 
-def to_state(d: Dispatcher) -> dict[str, Any]:
-    """The dispatcher as plain JSON-able data (canonical: sorted, no kicks)."""
+def to_data(d: DispatcherState) -> dict[str, Any]:
+    """The state as plain JSON-able data (canonical: sorted, no kicks)."""
 
     def inst(i: Any) -> list[Any]:
         return [i.state.name, i.ep, i.arg, i.flags, i.affinity, i.client_el,
@@ -80,16 +78,16 @@ def _live(i: Any) -> bool:
     return bool(i.state != State.reg or i.pending or i.ep or i.arg)
 
 
-def dump(d: Dispatcher) -> bytes:
-    body = zlib.compress(json.dumps(to_state(d), sort_keys=True,
+def dump(d: DispatcherState) -> bytes:
+    body = zlib.compress(json.dumps(to_data(d), sort_keys=True,
                                     separators=(",", ":")).encode())
     if len(body) + _HEAD.size > MAX_BLOB:
         raise StateError(f"state blob would be {len(body)} bytes, over {MAX_BLOB}")
     return _HEAD.pack(MAGIC, FORMAT_MAJOR, FORMAT_MINOR, len(body), zlib.crc32(body)) + body
 
 
-def load(blob: bytes) -> Dispatcher:
-    """Restore a dispatcher from a blob; StateError says why one is refused."""
+def load(blob: bytes) -> DispatcherState:
+    """A validated state from a blob; StateError says why one is refused."""
     if len(blob) < _HEAD.size:
         raise StateError("state blob is shorter than its header")
     if len(blob) > MAX_BLOB:
@@ -108,16 +106,17 @@ def load(blob: bytes) -> Dispatcher:
         raw = z.decompress(body, MAX_JSON)
         if z.unconsumed_tail:
             raise StateError("state blob expands beyond the size limit")
-        return from_state(json.loads(raw))
+        state = from_data(json.loads(raw))
+        state.validate()
+        return state
     except StateError:
         raise
     except (ValueError, KeyError, TypeError, IndexError, zlib.error) as e:
         raise StateError(f"state blob content is invalid: {e}") from e
 
 
-def from_state(s: dict[str, Any]) -> Dispatcher:
-    from sdeid.model.dispatcher import Dispatcher, Frame, Instance
-
+def from_data(s: dict[str, Any]) -> DispatcherState:
+    """The state `to_data` wrote (not validated: load() does that)."""
     topo = Topology(tuple(int(m) for m in s["topology"]["mpidrs"]),
                     int(s["topology"]["nr_spis"]))
     c = s["config"]
@@ -128,7 +127,6 @@ def from_state(s: dict[str, Any]) -> Dispatcher:
         static_events=tuple(EventDef(int(n), EventType(t), Priority(p))
                             for n, t, p in c["static_events"]),
     )
-    d = Dispatcher(topo, config)
     if len(s["pes"]) != topo.nr_pes or len(s["private"]) != topo.nr_pes:
         raise ValueError("per-PE lists do not match the topology")
 
@@ -137,107 +135,20 @@ def from_state(s: dict[str, Any]) -> Dispatcher:
         return Instance(State[state], int(ep), int(arg), int(flags), int(aff), int(el),
                         bool(pending), int(running_on))
 
-    for p, sp in zip(d.pes, s["pes"], strict=True):
-        p.masked, p.online = bool(sp["masked"]), bool(sp["online"])
-        for ev, prio, x, pc, pstate, sctlr, el in sp["frames"]:
-            if int(ev) not in d.events or len(x) != 18:
-                raise ValueError(f"bad frame for event {ev}")
-            p.frames.append(Frame(int(ev), Priority(prio), tuple(int(r) for r in x),
-                                  int(pc), int(pstate), int(sctlr), int(el)))
-        if len(p.frames) > 2:
-            raise ValueError("more than two nested handlers on a PE")
-    for table, sp in zip(d.private, s["private"], strict=True):
-        for ev, v in sp.items():
-            if d.events.get(int(ev)) is None or d.events[int(ev)].type != EventType.PRIVATE:
-                raise ValueError(f"private instance of unknown event {ev}")
-            table[int(ev)] = inst(v)
-    for ev, v in s["shared"].items():
-        if d.events.get(int(ev)) is None or d.events[int(ev)].type != EventType.SHARED:
-            raise ValueError(f"shared instance of unknown event {ev}")
-        d.shared[int(ev)] = inst(v)
-    for ev, intid in s["bound"].items():
-        if int(ev) not in d.events or not d.events[int(ev)].dynamic:
-            raise ValueError(f"binding of non-dynamic event {ev}")
-        d.bound[int(ev)] = int(intid)
-        d.by_intid[int(intid)] = int(ev)
-    for intid, pe, lvl in s["levels"]:
-        d.levels[(int(intid), int(pe))] = bool(lvl)
-    for ev, owner in s["pending"]:
-        d.pending.add((int(ev), int(owner)))
-    validate(d)
-    return d
+    def frame(v: list[Any]) -> Frame:
+        ev, prio, x, pc, pstate, sctlr, el = v
+        if len(x) != 18:
+            raise ValueError(f"a frame for event {ev} with {len(x)} registers")
+        return Frame(int(ev), Priority(prio), tuple(int(r) for r in x), int(pc),
+                     int(pstate), int(sctlr), int(el))
 
-
-def validate(d: Dispatcher) -> None:
-    """Refuse (ValueError) a state that no run of the dispatcher reaches,
-    so that a well-formed but inconsistent blob is turned away at load and
-    never makes a later call fail.  Checked: handler frames against running
-    instances, nesting and priorities, client ELs, bindings against the
-    topology, line levels against bindings, and pending triggers against
-    their instances."""
-    from sdeid.model.abi import MAX_NESTING
-    from sdeid.model.dispatcher import SHARED
-
-    def where(ev: int, pe: int) -> Any:
-        t = d.events[ev].type
-        return d.shared.get(ev) if t == EventType.SHARED else d.private[pe].get(ev)
-
-    running: dict[int, int] = {}    # id(instance) -> PE whose frame holds it
-    for pe, p in enumerate(d.pes):
-        if len(p.frames) > MAX_NESTING:
-            raise ValueError(f"PE {pe} has {len(p.frames)} nested handlers")
-        if p.frames and not p.online:
-            raise ValueError(f"PE {pe} is off but runs a handler")
-        for i, f in enumerate(p.frames):
-            edef = d.events.get(f.event)
-            if edef is None or edef.priority != f.priority:
-                raise ValueError(f"PE {pe}'s frame for event {f.event} does not match the "
-                                 "event's priority")
-            if f.client_el not in (1, 2):
-                raise ValueError(f"PE {pe}'s frame has client EL {f.client_el}")
-            if i == 1 and not (p.frames[0].priority == Priority.NORMAL
-                               and f.priority == Priority.CRITICAL):
-                raise ValueError(f"PE {pe} nests a {f.priority.name.lower()} handler in a "
-                                 f"{p.frames[0].priority.name.lower()} one")
-            inst = where(f.event, pe)
-            if inst is None or not inst.state.running or inst.running_on != pe:
-                raise ValueError(f"PE {pe} holds a saved context for event {f.event}, "
-                                 "which is not running there")
-            if id(inst) in running:
-                raise ValueError(f"event {f.event} runs twice")
-            running[id(inst)] = pe
-    instances = [(ev, pe, i) for pe, t in enumerate(d.private) for ev, i in t.items()]
-    instances += [(ev, SHARED, i) for ev, i in d.shared.items()]
-    for ev, _owner, inst in instances:
-        if inst.state.running != (id(inst) in running):
-            raise ValueError(f"event {ev} is {inst.state.value} without a matching frame")
-        if not inst.state.running and inst.running_on != -1:
-            raise ValueError(f"event {ev} names a PE running it but is not running")
-        if inst.client_el not in (1, 2):
-            raise ValueError(f"event {ev} has client EL {inst.client_el}")
-        if d.events[ev].dynamic and inst.state.registered and ev not in d.bound:
-            raise ValueError(f"event {ev} is registered but not bound to an interrupt")
-        if inst.pending and not inst.state.registered:
-            raise ValueError(f"event {ev} has a trigger pending but is not registered")
-    seen: set[int] = set()
-    for ev, intid in d.bound.items():
-        e = d.events[ev]
-        ok = (d.topology.is_ppi(intid) if e.type == EventType.PRIVATE
-              else d.topology.is_spi(intid))
-        if not ok or intid in seen:
-            raise ValueError(f"event {ev} is bound to INTID {intid}, which it cannot be")
-        seen.add(intid)
-    want = {(intid, pe) for intid in d.bound.values() for pe in d._line_pes(intid)}
-    if set(d.levels) != want:
-        extra = sorted(set(d.levels) ^ want)[:3]
-        raise ValueError(f"line levels do not match the bindings (e.g. {extra})")
-    for ev, owner in d.pending:
-        pdef = d.events.get(ev)
-        if pdef is None or (owner == SHARED) != (pdef.type == EventType.SHARED) or not (
-                owner == SHARED or 0 <= owner < len(d.pes)):
-            raise ValueError(f"pending trigger ({ev}, {owner}) names no instance")
-        if ev in d.bound:
-            continue   # a bound line is pending while high, registered or not
-        inst = where(ev, owner)
-        if inst is None or not inst.pending:
-            raise ValueError(f"pending trigger ({ev}, {owner}) has no triggered instance")
+    pes = [PE(mpidr, bool(sp["masked"]), bool(sp["online"]),
+              frames=[frame(f) for f in sp["frames"]])
+           for mpidr, sp in zip(topo.mpidrs, s["pes"], strict=True)]
+    return DispatcherState(
+        topo, config, pes,
+        [{int(ev): inst(v) for ev, v in sp.items()} for sp in s["private"]],
+        {int(ev): inst(v) for ev, v in s["shared"].items()},
+        {int(ev): int(intid) for ev, intid in s["bound"].items()},
+        {(int(intid), int(pe)): bool(lvl) for intid, pe, lvl in s["levels"]},
+        {(int(ev), int(owner)) for ev, owner in s["pending"]})
