@@ -8,6 +8,7 @@ tests can check the registers a guest would see.
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -216,21 +217,31 @@ class SocketFrontend:
     A reader thread answers the back-end's control requests; `call`,
     `pull` and `power` run on the caller's thread (one vCPU each)."""
 
-    def __init__(self, path: str, core: FrontendCore) -> None:
-        import socket
+    def __init__(self, path: str, core: FrontendCore, *,
+                 sock: socket.socket | None = None) -> None:
+        """Connect to `path`, or speak on `sock` (already connected) instead."""
         import threading
 
         self.core = core
         self.lock = threading.Lock()
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(path)
+        if sock is None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(path)
+        self.sock = sock
         self.mine: list[socket.socket] = []
-        self.sock.sendall(core.hello())
-        for pe in range(len(core.mpidrs)):
-            a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            socket.send_fds(self.sock, [core.channel(pe)], [b.fileno()])
-            b.close()
-            self.mine.append(a)
+        try:
+            self.sock.sendall(core.hello())
+            for pe in range(len(core.mpidrs)):
+                a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                self.mine.append(a)
+                try:
+                    socket.send_fds(self.sock, [core.channel(pe)], [b.fileno()])
+                finally:
+                    b.close()
+        except BaseException:       # e.g. the back-end refused us mid-handshake
+            for s in (self.sock, *self.mine):
+                s.close()
+            raise
         self.kick = threading.Condition(self.lock)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -280,7 +291,6 @@ class SocketFrontend:
         self.sock.sendall(data)
 
     def close(self) -> None:
-        import socket
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
