@@ -6,10 +6,10 @@
               [--timeout SECONDS] -- QEMU-ARGS...
 
 The daemon starts first and proves it listens (READY on a pipe, never a
-sleep); then QEMU starts with an `sdei-user` device on the daemon's socket
-and a QMP monitor reserved for the daemon's lifecycle hooks.  The guest's
-serial console is this program's stdout.  SIGINT/SIGTERM are forwarded to
-QEMU; whatever happens, both processes are gone when this returns.
+sleep); then QEMU starts with an `smccc-user` device on the daemon's socket
+(protocol 2, qemu-patches/v2) and a QMP monitor reserved for the daemon's
+lifecycle hooks.  The guest's serial console is this program's stdout.
+SIGINT/SIGTERM are forwarded to QEMU; whatever happens, both processes are gone when this returns.
 
 Exit status: 0 when QEMU exits 0 (the guest powered off), QEMU's status when
 it fails, 1 when the daemon fails, 124 on --timeout, 128+N after signal N;
@@ -17,7 +17,7 @@ every non-zero status comes with a one-line reason on stderr.
 
 The same machinery is a Python API for tests (`Launch`):
 
-    with Launch(["-kernel", "guest.bin"], smp=4, capture_output=True) as vm:
+    with Launch(["-kernel", "guest.bin"], smp=4, protocol=2, capture_output=True) as vm:
         line = vm.expect(r"^SDEI-WAIT-TRIGGER (\\d+)", timeout=30)
         vm.control().execute("sdei-trigger", {"event": 101})
         assert vm.wait(timeout=60) == 0
@@ -150,32 +150,40 @@ class ControlClient:
 
 # ------------------------------------------------------------------ helpers
 
-# The patched QEMU of each device protocol: its series, and the variable
-# that names a prebuilt binary instead.  Protocol 2 runs the whole v2
-# design: the in-budget series (qemu-patches/v2/series) and the facilities
-# beyond its line budget (KVM, the virt machine's SDEI node, PE power,
-# lines, state, NMI), which qemu-patches/v2/beyond-budget/series lists after it.
-SERIES = {1: ("qemu-patches", "SDEID_QEMU"),
-          2: ("qemu-patches/v2/beyond-budget", "SDEID_QEMU_V2")}
+# The patched QEMU of each device protocol: its series (None: build-qemu's
+# default, the one qemu-patches/DEFAULT names), and the variables that name
+# a prebuilt binary instead, first set wins.  Protocol 2 is the protocol
+# (the smccc-user device).  Protocol 1 (the sdei-user device of the retired
+# QEMU 10.0 series in qemu-patches/) is LEGACY, kept only for the GHES test
+# and the demo until v2 has a GHES error source: see sdeid/v1/__init__.py.
+SERIES: dict[int, tuple[str | None, tuple[str, ...]]] = {
+    2: (None, ("SDEID_QEMU", "SDEID_QEMU_V2")),
+    1: ("qemu-patches", ("SDEID_QEMU_V1",)),
+}
+# LEGACY_V1: Launch's default protocol until tests/test_linux_ghes.py and the
+# demo move to v2 (they pass no protocol); then make it 2.  `sdeid run`
+# passes 2 unless told otherwise.
+DEFAULT_PROTOCOL = 1
 # Protocol 2's device forwards the SMCCC ranges it is told: SDEI's SMC64
 # range and its SMC32 twin (the daemon answers the latter NOT_SUPPORTED).
 SDEI_FIDS = "0xc4000020-0xc400003f,0x84000020-0x8400003f"
 
 
-def find_qemu(explicit: str | None = None, protocol: int = 1) -> str:
-    """--qemu, else $SDEID_QEMU ($SDEID_QEMU_V2 for protocol 2), else what
-    scripts/build-qemu prints last for that protocol's series (it builds, or
-    answers from its cache at once)."""
+def find_qemu(explicit: str | None = None, protocol: int = DEFAULT_PROTOCOL) -> str:
+    """--qemu, else $SDEID_QEMU (or $SDEID_QEMU_V2; $SDEID_QEMU_V1 for the
+    legacy protocol 1), else what scripts/build-qemu prints last for that
+    protocol's series (it builds, or answers from its cache at once)."""
     if explicit:
         return explicit
-    series, var = SERIES[protocol]
-    env = os.environ.get(var)
-    if env:
-        return env
+    series, variables = SERIES[protocol]
+    for var in variables:
+        env = os.environ.get(var)
+        if env:
+            return env
     if not BUILD_QEMU.is_file():
-        raise LaunchError(f"no QEMU: pass --qemu PATH or set {var} "
+        raise LaunchError(f"no QEMU: pass --qemu PATH or set {variables[0]} "
                           f"({BUILD_QEMU} is not there to build one)")
-    cmd = [str(BUILD_QEMU), "--series", series]
+    cmd = [str(BUILD_QEMU), *(["--series", series] if series is not None else [])]
     proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE,
                           stdin=subprocess.DEVNULL, text=True)
     lines = proc.stdout.strip().splitlines()
@@ -251,7 +259,7 @@ class Launch:
     def __init__(self, qemu_args: Sequence[str] = (), *, qemu: str | None = None,
                  smp: int = 2, memory: str = "1G", conduit: str = "hvc",
                  firmware: str = "dt", sdeid_args: Sequence[str] = (),
-                 device_props: str = "", protocol: int = 1,
+                 device_props: str = "", protocol: int = DEFAULT_PROTOCOL,
                  keep_dir: str | Path | None = None, capture_output: bool = False,
                  echo: IO[str] | None = None, console_input: bool = False,
                  ready_timeout: float = 30.0,
@@ -263,7 +271,7 @@ class Launch:
         if smp < 1:
             raise ValueError("smp must be at least 1")
         if protocol not in SERIES:
-            raise ValueError(f"protocol must be 1 or 2, not {protocol!r}")
+            raise ValueError(f"protocol must be 2 (or the legacy 1), not {protocol!r}")
         self.protocol = protocol
         self.qemu_args = list(qemu_args)
         self.qemu = qemu
@@ -272,8 +280,9 @@ class Launch:
         self.conduit = conduit
         self.firmware = firmware
         self.sdeid_args = list(sdeid_args)
-        # extra sdei-user properties, e.g. "ghes-event=100" (a HEST error
-        # source notified by that SDEI event; needs firmware="uefi")
+        # extra properties of the device (smccc-user; sdei-user on the legacy
+        # protocol 1), e.g. "ghes-event=100" (a HEST error source notified by
+        # that SDEI event; needs firmware="uefi")
         self.device_props = device_props.strip(",")
         self.keep_dir = Path(keep_dir) if keep_dir is not None else None
         self.capture_output = capture_output
@@ -375,7 +384,7 @@ class Launch:
             "--control-socket", str(self.control_path),
             "--qmp", str(self.qmp_path),
             "--exit-with-vm", "--ready-fd", str(wfd),
-            *(["--protocol", "2"] if self.protocol == 2 else []), *self.sdeid_args]
+            "--protocol", str(self.protocol), *self.sdeid_args]
         stderr: Any = self._open_log(self.daemon_log) if self.capture_output else None
         env = dict(os.environ)
         # The daemon imports this very package, wherever it was loaded from.
@@ -423,10 +432,10 @@ class Launch:
                 exit_code=code, command=self.daemon_command, output=self._daemon_tail())
 
     def _device(self) -> str:
-        if self.protocol == 2:
-            # ',,' is a literal comma inside a -device option value.
-            return f"smccc-user,chardev=sdei0,fids={SDEI_FIDS.replace(',', ',,')}"
-        return "sdei-user,chardev=sdei0"
+        if self.protocol == 1:
+            return "sdei-user,chardev=sdei0"        # LEGACY_V1
+        # ',,' is a literal comma inside a -device option value.
+        return f"smccc-user,chardev=sdei0,fids={SDEI_FIDS.replace(',', ',,')}"
 
     def _qemu_argv(self) -> list[str]:
         assert self._qmp_listener is not None
@@ -708,17 +717,18 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--firmware", choices=["dt", "uefi"], default="dt",
                     help="dt: direct kernel boot with a device tree; uefi: AAVMF + ACPI "
                     "(ras=on)")
-    ap.add_argument("--protocol", type=int, choices=[1, 2], default=1,
-                    help="1: the sdei-user device (qemu-patches/); 2: the smccc-user "
-                    "device (qemu-patches/v2) and `sdeid --protocol 2`")
+    ap.add_argument("--protocol", type=int, choices=[2, 1], default=2,
+                    help="2 (the default and the protocol): the smccc-user device "
+                    "(qemu-patches/v2), `--protocol 2` is accepted as a no-op; 1: the "
+                    "retired sdei-user device, kept only until v2 has a GHES source")
     ap.add_argument("--qemu", metavar="PATH",
-                    help="the patched qemu-system-aarch64 (default: $SDEID_QEMU, for "
-                    "--protocol 2 $SDEID_QEMU_V2, else scripts/build-qemu --series ...)")
+                    help="the patched qemu-system-aarch64 (default: $SDEID_QEMU, else "
+                    "what scripts/build-qemu builds: the series qemu-patches/DEFAULT names)")
     ap.add_argument("--sdeid-arg", action="append", default=[], metavar="ARG",
                     help="pass ARG to the daemon (repeatable)")
     ap.add_argument("--sdei-device-props", default="", metavar="PROPS",
-                    help="extra properties of the sdei-user device, e.g. ghes-event=100 "
-                    "(with --firmware uefi: a HEST error source notified by that event)")
+                    help="extra properties of the smccc-user device (e.g. ghes-event=100 "
+                    "once it has a GHES source; with --firmware uefi)")
     ap.add_argument("--keep-dir", type=Path, metavar="DIR",
                     help="put the sockets (and firmware variables) in DIR and keep it")
     ap.add_argument("--timeout", type=float, metavar="SECONDS",

@@ -24,6 +24,8 @@ import pytest
 from sdeid import launcher
 from sdeid.launcher import ControlClient, Launch, LaunchError
 
+V2_DEVICE = "smccc-user,chardev=sdei0,fids=0xc4000020-0xc400003f,,0x84000020-0x8400003f"
+
 FAKE_QEMU = textwrap.dedent("""\
     #!PYTHON
     import json, os, signal, socket, struct, sys, time
@@ -128,7 +130,7 @@ def test_cli_success_passes_console_and_exit_0(fake_qemu: str, tmp_path: Path) -
     for opt in ("-nodefaults", "-no-reboot"):
         assert opt in argv
     assert argv[argv.index("-serial") + 1] == "stdio"
-    assert argv[argv.index("-device") + 1] == "sdei-user,chardev=sdei0"
+    assert argv[argv.index("-device") + 1] == V2_DEVICE
     chardevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-chardev"]
     assert chardevs[0].startswith("socket,id=sdei0,path=")
     assert chardevs[0].endswith("sdei.sock,reconnect-ms=1000")
@@ -161,7 +163,7 @@ def test_cli_uefi_firmware_copies_vars(fake_qemu: str, tmp_path: Path,
     monkeypatch.setattr(launcher, "find_aavmf", lambda: (code, vars_))
     keep = tmp_path / "run"
     lines: list[str] = []
-    with Launch(["-kernel", "k"], qemu=fake_qemu, firmware="uefi", keep_dir=keep,
+    with Launch(["-kernel", "k"], qemu=fake_qemu, protocol=2, firmware="uefi", keep_dir=keep,
                 capture_output=True) as vm:
         assert vm.wait(timeout=60) == 0
         lines = list(vm.lines)
@@ -174,17 +176,17 @@ def test_cli_uefi_firmware_copies_vars(fake_qemu: str, tmp_path: Path,
 
 
 def test_sdei_device_props(fake_qemu: str, tmp_path: Path) -> None:
-    # CLI: --sdei-device-props lands on the sdei-user device
+    # CLI: --sdei-device-props lands on the smccc-user device
     p = run_cli(["--qemu", fake_qemu, "--sdei-device-props", "ghes-event=100", "--"], "exit:0")
     out, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     argv = fake_argv(out)
-    assert argv[argv.index("-device") + 1] == "sdei-user,chardev=sdei0,ghes-event=100"
+    assert argv[argv.index("-device") + 1] == V2_DEVICE + ",ghes-event=100"
     assert wait_gone(daemon_pid(out))
     # API: device_props; without it the device line is unchanged
-    for props, want in (("ghes-event=7", "sdei-user,chardev=sdei0,ghes-event=7"),
-                        ("", "sdei-user,chardev=sdei0")):
-        with Launch([], qemu=fake_qemu, device_props=props, capture_output=True) as vm:
+    for props, want in (("ghes-event=7", V2_DEVICE + ",ghes-event=7"), ("", V2_DEVICE)):
+        with Launch([], qemu=fake_qemu, protocol=2, device_props=props,
+                    capture_output=True) as vm:
             assert vm.wait(timeout=60) == 0
             argv = fake_argv("\n".join(vm.lines))
         assert argv[argv.index("-device") + 1] == want
@@ -264,7 +266,7 @@ def test_cli_missing_qemu_binary(tmp_path: Path) -> None:
 def test_api_capture_control_and_teardown(fake_qemu: str, monkeypatch: pytest.MonkeyPatch
                                           ) -> None:
     monkeypatch.setenv("FAKE_QEMU_MODE", "signal")
-    with Launch(qemu=fake_qemu, smp=4, capture_output=True, kill_grace=5) as vm:
+    with Launch(qemu=fake_qemu, protocol=2, smp=4, capture_output=True, kill_grace=5) as vm:
         assert vm.qemu_proc is not None and vm.daemon_proc is not None
         vm.expect(r"^FAKE-WAITING", timeout=30)
         pid = daemon_pid("\n".join(vm.lines))
@@ -286,7 +288,7 @@ def test_api_capture_control_and_teardown(fake_qemu: str, monkeypatch: pytest.Mo
 def test_api_sigkill_after_grace(fake_qemu: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_QEMU_MODE", "ignore-term")
     t0 = time.monotonic()
-    with Launch(qemu=fake_qemu, capture_output=True, kill_grace=0.5) as vm:
+    with Launch(qemu=fake_qemu, protocol=2, capture_output=True, kill_grace=0.5) as vm:
         vm.expect(r"^FAKE-WAITING", timeout=30)
     assert vm.qemu_proc is not None and vm.qemu_proc.returncode == -signal.SIGKILL
     assert vm.daemon_proc is not None and vm.daemon_proc.returncode is not None
@@ -296,7 +298,7 @@ def test_api_sigkill_after_grace(fake_qemu: str, monkeypatch: pytest.MonkeyPatch
 def test_api_daemon_death_is_a_failure(fake_qemu: str, monkeypatch: pytest.MonkeyPatch
                                        ) -> None:
     monkeypatch.setenv("FAKE_QEMU_MODE", "signal")
-    with Launch(qemu=fake_qemu, capture_output=True, kill_grace=2) as vm:
+    with Launch(qemu=fake_qemu, protocol=2, capture_output=True, kill_grace=2) as vm:
         vm.expect(r"^FAKE-WAITING", timeout=30)
         assert vm.daemon_proc is not None
         vm.daemon_proc.kill()
@@ -311,7 +313,7 @@ def test_api_restart_daemon(fake_qemu: str, monkeypatch: pytest.MonkeyPatch,
     the same control socket, QEMU is untouched, teardown still works."""
     monkeypatch.setenv("FAKE_QEMU_MODE", "signal")
     state = tmp_path / "sdeid.state"
-    with Launch(qemu=fake_qemu, capture_output=True, kill_grace=5,
+    with Launch(qemu=fake_qemu, protocol=2, capture_output=True, kill_grace=5,
                 sdeid_args=["--state-file", str(state)]) as vm:
         vm.expect(r"^FAKE-WAITING", timeout=30)
         old, qemu_pid = vm.daemon_proc, vm.qemu_proc
@@ -335,7 +337,7 @@ def test_api_daemon_quit_while_vm_runs(fake_qemu: str, monkeypatch: pytest.Monke
                                        ) -> None:
     """A daemon that leaves cleanly must be followed by QEMU within the grace."""
     monkeypatch.setenv("FAKE_QEMU_MODE", "signal")
-    with Launch(qemu=fake_qemu, capture_output=True, kill_grace=0.5) as vm:
+    with Launch(qemu=fake_qemu, protocol=2, capture_output=True, kill_grace=0.5) as vm:
         vm.expect(r"^FAKE-WAITING", timeout=30)
         with vm.control() as c:
             c.execute("quit")
@@ -344,7 +346,7 @@ def test_api_daemon_quit_while_vm_runs(fake_qemu: str, monkeypatch: pytest.Monke
 
 
 def test_api_start_failure_leaves_nothing(fake_qemu: str, tmp_path: Path) -> None:
-    vm = Launch(qemu=fake_qemu, sdeid_args=["--event=bogus"], capture_output=True,
+    vm = Launch(qemu=fake_qemu, protocol=2, sdeid_args=["--event=bogus"], capture_output=True,
                 keep_dir=tmp_path / "run")
     with pytest.raises(LaunchError) as e:
         vm.start()
@@ -358,7 +360,7 @@ def test_api_start_failure_leaves_nothing(fake_qemu: str, tmp_path: Path) -> Non
 def test_control_client_reports_errors(fake_qemu: str, monkeypatch: pytest.MonkeyPatch
                                        ) -> None:
     monkeypatch.setenv("FAKE_QEMU_MODE", "signal")
-    with Launch(qemu=fake_qemu, capture_output=True) as vm:
+    with Launch(qemu=fake_qemu, protocol=2, capture_output=True) as vm:
         vm.expect(r"^FAKE-WAITING", timeout=30)
         with ControlClient(vm.control_path) as c:
             from sdeid.launcher import ControlError
@@ -370,24 +372,42 @@ def test_control_client_reports_errors(fake_qemu: str, monkeypatch: pytest.Monke
 
 
 def test_find_qemu_prefers_explicit_then_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SDEID_QEMU_V2", raising=False)
     monkeypatch.setenv("SDEID_QEMU", "/from/env")
-    assert launcher.find_qemu("/explicit") == "/explicit"
-    assert launcher.find_qemu(None) == "/from/env"
+    assert launcher.find_qemu("/explicit", 2) == "/explicit"
+    assert launcher.find_qemu(None, 2) == "/from/env"
     monkeypatch.delenv("SDEID_QEMU")
+    monkeypatch.setenv("SDEID_QEMU_V2", "/older/name")
+    assert launcher.find_qemu(None, 2) == "/older/name"
+    monkeypatch.delenv("SDEID_QEMU_V2")
     monkeypatch.setattr(launcher, "BUILD_QEMU", Path("/nonexistent/build-qemu"))
     with pytest.raises(LaunchError, match="no QEMU"):
-        launcher.find_qemu(None)
+        launcher.find_qemu(None, 2)
 
 
-def test_protocol_2_has_its_own_qemu_and_device(monkeypatch: pytest.MonkeyPatch,
-                                                fake_qemu: str) -> None:
-    monkeypatch.setenv("SDEID_QEMU", "/v1")
-    monkeypatch.setenv("SDEID_QEMU_V2", "/v2")
+def test_find_qemu_builds_the_default_series(monkeypatch: pytest.MonkeyPatch,
+                                             tmp_path: Path) -> None:
+    """Protocol 2 asks build-qemu for its default (qemu-patches/DEFAULT
+    names it), so that file is the one place to change it."""
+    for var in ("SDEID_QEMU", "SDEID_QEMU_V2"):
+        monkeypatch.delenv(var, raising=False)
+    fake = tmp_path / "build-qemu"
+    fake.write_text('#!/bin/sh\necho "args:$*" >&2\necho "/built/$#"\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(launcher, "BUILD_QEMU", fake)
+    assert launcher.find_qemu(None, 2) == "/built/0"
+    default = (launcher.REPO / "qemu-patches/DEFAULT").read_text().split("\n")
+    named = [ln.strip() for ln in default if ln.strip() and not ln.startswith("#")]
+    assert len(named) == 1 and (launcher.REPO / named[0] / "series").is_file()
+
+
+def test_the_device_of_each_protocol(monkeypatch: pytest.MonkeyPatch, fake_qemu: str) -> None:
+    monkeypatch.setenv("SDEID_QEMU", "/v2")
+    monkeypatch.setenv("SDEID_QEMU_V1", "/v1")
     assert launcher.find_qemu(None, 2) == "/v2"
-    assert launcher.find_qemu(None, 1) == "/v1"
-    dev = Launch(qemu=fake_qemu, protocol=2)._device()
-    assert dev == ("smccc-user,chardev=sdei0,"
-                   "fids=0xc4000020-0xc400003f,,0x84000020-0x8400003f")
+    assert launcher.find_qemu(None, 1) == "/v1"        # LEGACY_V1, see sdeid/v1
+    assert Launch(qemu=fake_qemu, protocol=2)._device() == V2_DEVICE
+    assert Launch(qemu=fake_qemu, protocol=1)._device() == "sdei-user,chardev=sdei0"
     with pytest.raises(ValueError, match="protocol"):
         Launch(qemu=fake_qemu, protocol=3)
 
@@ -395,5 +415,5 @@ def test_protocol_2_has_its_own_qemu_and_device(monkeypatch: pytest.MonkeyPatch,
 def test_socket_path_too_long(fake_qemu: str, tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 100)
     with pytest.raises(LaunchError, match="too long"):
-        Launch(qemu=fake_qemu, keep_dir=deep).start()
+        Launch(qemu=fake_qemu, protocol=2, keep_dir=deep).start()
 
