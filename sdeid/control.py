@@ -31,7 +31,7 @@ from sdeid.proto.spec import ERROR_KINDS
 
 if TYPE_CHECKING:
     from sdeid.proto.daemon import Daemon2
-    from sdeid.server import Daemon
+    from sdeid.v1.daemon import Daemon
 
 log = logging.getLogger("sdeid.control")
 MAX_LINE = 64 * 1024

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from sdeid.model.abi import Fid
-from sdeid.testing.frontend import FrontEnd
+from sdeid.testing.frontend2 import FrontendCore, SocketFrontend
 
 SDEID = [sys.executable, "-m", "sdeid"]
 
@@ -48,8 +48,8 @@ def test_print_capabilities() -> None:
                          timeout=30)
     caps = json.loads(out.stdout)
     assert caps["type"] == "sdei"
-    assert caps["protocol-version"] == 1
-    assert set(caps["features"]) == {"state", "lines", "pe-power", "error-records"}
+    assert caps["protocol-version"] == 2
+    assert set(caps["features"]) == {"state", "lines", "pe-power", "error-records", "nmi"}
     assert caps["sdei-versions"] == ["1.0", "1.1"]
 
 
@@ -78,10 +78,13 @@ def test_config_file(tmp_path: Path) -> None:
     sock = tmp_path / "s.sock"
     p = start("--socket-path", str(sock), "--config", str(cfg))
     try:
-        with FrontEnd(str(sock), [0, 1]) as f:
-            assert (f.call(0, Fid.VERSION) >> 32) & 0xFFFF == 0
-            assert f.call(0, Fid.EVENT_GET_INFO, 100, 2) == 1
-            assert f.call(0, Fid.FEATURES, 0) >> 16 == 4
+        f = SocketFrontend(str(sock), FrontendCore((0, 1)))
+        try:
+            assert (f.ret(0, Fid.VERSION) >> 32) & 0xFFFF == 0
+            assert f.ret(0, Fid.EVENT_GET_INFO, 100, 2) == 1
+            assert f.ret(0, Fid.FEATURES, 0) >> 16 == 4
+        finally:
+            f.close()
     finally:
         stop(p)
 
@@ -89,12 +92,15 @@ def test_config_file(tmp_path: Path) -> None:
 def test_sigterm_exits_cleanly_and_removes_the_socket(tmp_path: Path) -> None:
     sock = tmp_path / "s.sock"
     p = start("--socket-path", str(sock))
-    with FrontEnd(str(sock), [0]) as f:
-        assert f.call(0, Fid.VERSION) >> 48 == 1
+    f = SocketFrontend(str(sock), FrontendCore((0,)))
+    try:
+        assert f.ret(0, Fid.VERSION) >> 48 == 1
         t0 = time.monotonic()
         p.send_signal(signal.SIGTERM)
         _, err = p.communicate(timeout=10)
         assert p.returncode == 0
+    finally:
+        f.close()
     assert time.monotonic() - t0 < 5
     assert not sock.exists()
     assert b"Traceback" not in err and b"stopping" in err
@@ -110,8 +116,11 @@ def test_inherited_listening_fd(tmp_path: Path) -> None:
     finally:
         lsock.close()
     try:
-        with FrontEnd(str(path), [0, 1, 2]) as f:
-            assert f.call(2, Fid.PE_UNMASK) == 0
+        f = SocketFrontend(str(path), FrontendCore((0, 1, 2)))
+        try:
+            assert f.ret(2, Fid.PE_UNMASK) == 0
+        finally:
+            f.close()
     finally:
         stop(p)
 
@@ -123,15 +132,13 @@ def test_inherited_connected_fd() -> None:
     finally:
         theirs.close()
     try:
-        f = FrontEnd("", [0])
-        f.sock = ours
-        ours.settimeout(10)
-        from sdeid.wire import codec as w
-        from sdeid.wire import spec
-        reply = f._exchange(w.Hello(1, spec.FEATURES_ALL, 32, (0,)))
-        assert isinstance(reply, w.HelloReply) and reply.status == 0
-        assert f.call(0, Fid.VERSION) >> 48 == 1
-        f.close()
+        core = FrontendCore((0,))
+        f = SocketFrontend("", core, sock=ours)
+        try:
+            assert f.ret(0, Fid.VERSION) >> 48 == 1
+            assert core.hello_reply is not None and core.hello_reply["status"] == 0
+        finally:
+            f.close()
     finally:
         stop(p)
 

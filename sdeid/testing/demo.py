@@ -1,6 +1,6 @@
-"""The README's main job (until the real-guest demo lands): start a real
-`sdeid`, attach a simulated 4-vCPU front-end that speaks the device protocol
-exactly as the patched QEMU does, act out what a guest kernel does with SDEI,
+"""`scripts/demo --simulated`: start a real `sdeid`, attach a simulated
+4-vCPU front-end that speaks protocol v2 as the patched QEMU's smccc-user
+device does (sdeid.testing.frontend2), act out what a guest kernel does with SDEI,
 let an operator fire an event through the QMP control socket (with qemu.qmp,
 as one scripts QEMU), and show the daemon's view of what happened.
 
@@ -22,7 +22,8 @@ from typing import Any
 from qemu.qmp import QMPClient
 
 from sdeid.model.abi import Fid
-from sdeid.testing.frontend import FrontEnd
+from sdeid.proto import spec
+from sdeid.testing.frontend2 import FrontendCore, SocketFrontend
 
 GHES_EVENT = 100  # a static platform event, as a GHES error source would use
 ENTRY = 0xFFFF800080010000
@@ -32,7 +33,7 @@ def say(who: str, text: str) -> None:
     print(f"[{who:>8}] {text}", flush=True)
 
 
-async def operator(control: Path, fe: FrontEnd) -> None:
+async def operator(control: Path, fe: SocketFrontend) -> None:
     qmp = QMPClient("operator")
     await qmp.connect(str(control))
     say("operator", f"QMP connected to {control}")
@@ -40,9 +41,8 @@ async def operator(control: Path, fe: FrontEnd) -> None:
     say("operator", f"query-status -> {json.dumps(status)}")
     say("operator", f"sdei-trigger event {GHES_EVENT} (an error source fires)")
     await qmp.execute("sdei-trigger", {"event": GHES_EVENT})
-    await asyncio.to_thread(fe.drain, 2.0)
-    for pe, ev in await asyncio.to_thread(fe.pump):
-        v = fe.vcpus[pe]
+    for pe, ev in await asyncio.to_thread(pump, fe):
+        v = fe.core.vcpus[pe]
         say(f"vcpu{pe}", f"entered handler for event {ev}: pc=0x{v.pc:x} x1(arg)=0x{v.x[1]:x} "
                          f"interrupted pc=0x{v.x[2]:x}")
         await asyncio.to_thread(fe.call, pe, Fid.EVENT_COMPLETE, 0)
@@ -58,6 +58,20 @@ async def operator(control: Path, fe: FrontEnd) -> None:
     say("operator", "recent daemon events: "
         + ", ".join(e["event"] for e in events[-8:]))
     await qmp.disconnect()
+
+
+def pump(fe: SocketFrontend, wait: float = 2.0) -> list[tuple[int, int]]:
+    """Pull on every kicked PE, as the vCPUs do at their next safe point,
+    until a pull enters a handler or nothing is kicked for `wait` s."""
+    entered = []
+    with fe.lock:
+        fe.kick.wait_for(lambda: bool(fe.core.kicked), wait)
+        kicked = sorted(fe.core.kicked)
+    for pe in kicked:
+        rep = fe.pull(pe)
+        if rep.action == spec.ACTIONS["ENTER"]:
+            entered.append((pe, int(rep.x[0])))
+    return entered
 
 
 def main() -> int:
@@ -76,9 +90,11 @@ def main() -> int:
                 return 1
         say("daemon", f"sdeid pid {daemon.pid} listening on {sock}")
         try:
-            with FrontEnd(str(sock), [0, 1, 2, 3]) as fe:
-                say("vmm", "front-end connected: 4 vCPUs (MPIDR 0..3), 64 SPIs")
-                v = fe.call(0, Fid.VERSION)
+            fe = SocketFrontend(str(sock), FrontendCore((0, 1, 2, 3)))
+            try:
+                say("vmm", "front-end connected: 4 vCPUs (MPIDR 0..3), 64 SPIs, one "
+                    "channel each")
+                v = fe.call(0, Fid.VERSION).x[0]
                 say("vcpu0", f"SDEI_VERSION -> 0x{v:x} (v{v >> 48}.{(v >> 32) & 0xffff})")
                 for pe in range(4):
                     fe.call(pe, Fid.PRIVATE_RESET)
@@ -94,16 +110,17 @@ def main() -> int:
                 say("guest", f"shared event {GHES_EVENT} registered (RM_ANY) and enabled")
                 fe.call(1, Fid.EVENT_SIGNAL, 0, 3)
                 say("vcpu1", "EVENT_SIGNAL(0, MPIDR 3)")
-                fe.sync()
-                for pe, ev in fe.pump():
-                    say(f"vcpu{pe}", f"entered handler for event {ev}, "
-                                     f"x1=0x{fe.vcpus[pe].x[1]:x}")
-                    ctx = fe.call(pe, Fid.EVENT_CONTEXT, 2)
+                for pe, ev in pump(fe):
+                    vc = fe.core.vcpus[pe]
+                    say(f"vcpu{pe}", f"entered handler for event {ev}, x1=0x{vc.x[1]:x}")
+                    ctx = fe.call(pe, Fid.EVENT_CONTEXT, 2).x[0]
                     say(f"vcpu{pe}", f"EVENT_CONTEXT(2) -> 0x{ctx:x}")
                     fe.call(pe, Fid.EVENT_COMPLETE_AND_RESUME, 0xFFFF800080000280)
-                    say(f"vcpu{pe}", f"COMPLETE_AND_RESUME -> pc=0x{fe.vcpus[pe].pc:x} "
-                                     f"ELR_EL1=0x{fe.vcpus[pe].elr[1]:x}")
+                    say(f"vcpu{pe}", f"COMPLETE_AND_RESUME -> pc=0x{vc.pc:x} "
+                                     f"ELR_EL1=0x{vc.elr[1]:x}")
                 asyncio.run(operator(control, fe))
+            finally:
+                fe.close()
         finally:
             daemon.terminate()
             rc = daemon.wait(10)

@@ -1,4 +1,8 @@
-"""The sdeid wire protocol as data: the single source of truth.
+"""LEGACY (protocol 1, see sdeid/v1/__init__.py): the v1 wire protocol as data.
+
+(The generator, protocol/ v1 files and their drift tests were removed with
+protocol 1; the QEMU 10.0 series in qemu-patches/ carries its own copy of the
+header.  What follows describes how it was.)
 
 Everything that both sides of the socket must agree on lives here and only
 here: header layout, flag bits, feature bits, request codes, payload layouts,

@@ -2,7 +2,7 @@
 
 Pure like the model: `receive_data(bytes) -> bytes` answers everything the
 bytes complete; `encode_effects` turns effects raised elsewhere (operator
-injections) into frames.  The asyncio transport in sdeid.server is a thin
+injections) into frames.  The asyncio transport in sdeid.v1.daemon is a thin
 ring around this.  A ProtocolError raised from here means: log it, close
 this connection; the Backend (and the dispatcher state) is untouched,
 because every request is validated before it reaches the model.
@@ -30,8 +30,8 @@ from sdeid.model.types import (
     Topology,
 )
 from sdeid.trace import trace
-from sdeid.wire import codec as w
-from sdeid.wire import spec
+from sdeid.v1 import codec as w
+from sdeid.v1 import spec
 
 log = logging.getLogger("sdeid.session")
 SUPPORTED_FEATURES = spec.FEATURES_ALL

@@ -1,4 +1,5 @@
-"""The asyncio rings around the pure core: device socket, lifecycle, state file.
+"""LEGACY (protocol 1, see sdeid/v1/__init__.py): the asyncio rings around
+the pure core: device socket, lifecycle, state file.
 
 One VM per daemon process: the device socket serves one front-end at a time
 (a second connection while one is active is refused and closed).  A peer
@@ -22,8 +23,8 @@ from sdeid.errors import ConfigError, ConnectionLog, PeerError, StateError
 from sdeid.lifecycle import MAX_OBSERVED, DaemonState, check_record_target, peer_uid, qmp_event
 from sdeid.model.dispatcher import Dispatcher
 from sdeid.model.types import PlatformConfig
-from sdeid.session import Backend, ConnState, Session
-from sdeid.wire import spec
+from sdeid.v1 import spec
+from sdeid.v1.session import Backend, ConnState, Session
 
 log = logging.getLogger("sdeid.server")
 

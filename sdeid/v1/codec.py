@@ -1,6 +1,6 @@
 """Frames to typed messages and back, with strict validation.
 
-The structs are built from sdeid.wire.spec (the single source of truth) and
+The structs are built from sdeid.v1.spec (the single source of truth) and
 compiled once at import, because every hypercall crosses this code twice.
 The rest of sdeid sees only the frozen dataclasses defined here.
 
@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import construct as c
 
 from sdeid.errors import PeerError
-from sdeid.wire import spec
+from sdeid.v1 import spec
 
 
 class ProtocolError(PeerError):
@@ -75,7 +75,7 @@ def _flat_format(layout: spec.Layout) -> struct.Struct | None:
     machine against about 1 us for struct, and every hypercall pays that
     twice; so fixed layouts (all of the hot ones) run on struct, generated
     from the same spec tables, while construct keeps the variable layouts.
-    tests/test_codec.py checks that both paths agree on every layout."""
+    (tests/test_codec.py checked that both paths agree; removed with protocol 1.)"""
     fmt = "<"
     for _name, ftype in layout:
         if isinstance(ftype, str):
