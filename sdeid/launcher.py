@@ -727,8 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sdeid-arg", action="append", default=[], metavar="ARG",
                     help="pass ARG to the daemon (repeatable)")
     ap.add_argument("--sdei-device-props", default="", metavar="PROPS",
-                    help="extra properties of the smccc-user device (e.g. ghes-event=100 "
-                    "once it has a GHES source; with --firmware uefi)")
+                    help="extra properties of the smccc-user device, e.g. ghes-event=100 "
+                    "(with --firmware uefi: a HEST error source notified by that event)")
     ap.add_argument("--keep-dir", type=Path, metavar="DIR",
                     help="put the sockets (and firmware variables) in DIR and keep it")
     ap.add_argument("--timeout", type=float, metavar="SECONDS",
