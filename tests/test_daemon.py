@@ -461,3 +461,70 @@ async def test_error_injection_needs_the_feature(daemon: Daemon2) -> None:
         assert daemon.extra_stats["error-records-refused"] == 1
     finally:
         await close(daemon, fe)
+
+
+# ------------------------------------------------------------------ state
+
+def _state_request(fe: SocketFrontend, name: str, tag: int) -> socket.socket:
+    """Send SAVE_STATE or LOAD_STATE with one end of a stream socket pair,
+    as the QEMU device does; returns our end."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        with fe.lock:
+            data = fe.core.request(name, tag=tag)
+        socket.send_fds(fe.sock, [data], [theirs.fileno()])
+    finally:
+        theirs.close()
+    ours.settimeout(5)
+    return ours
+
+
+def _load(fe: SocketFrontend, blob: bytes, tag: int) -> int:
+    """LOAD_STATE: the blob, end of it (shutdown), then the i32 status."""
+    s = _state_request(fe, "LOAD_STATE", tag)
+    with s:
+        s.sendall(blob)
+        s.shutdown(socket.SHUT_WR)
+        status = b""
+        while len(status) < 4:
+            chunk = s.recv(4 - len(status))
+            assert chunk, "the back-end closed the state socket without a status"
+            status += chunk
+        assert s.recv(1) == b""
+    return int.from_bytes(status, "little", signed=True)
+
+
+async def test_state_moves_over_a_socket_and_a_refusal_is_answered_on_it(
+        tmp_path: Path) -> None:
+    src, dst = Daemon2(config()), Daemon2(config())
+    await src.listen_path(tmp_path / "src.sock")
+    await dst.listen_path(tmp_path / "dst.sock")
+    try:
+        a = await connect(src)
+        assert await run(a.ret, 0, Fid.EVENT_REGISTER, SHARED_EV, EP, 7, 0, 0) == 0
+
+        def save() -> bytes:
+            s = _state_request(a, "SAVE_STATE", 3)
+            with s:
+                chunks = []
+                while chunk := s.recv(65536):
+                    chunks.append(chunk)
+            return b"".join(chunks)
+
+        blob = await run(save)
+        assert blob.startswith(b"SDEISTAT")
+        b = await connect(dst)
+        assert await run(b.ret, 0, Fid.EVENT_STATUS, SHARED_EV) == 0
+        # A corrupt blob: refused on the socket (-EINVAL), the state in force stays.
+        bad = blob[:-1] + bytes([blob[-1] ^ 0xFF])
+        assert await run(_load, b, bad, 4) == spec.STATUS["EINVAL"]
+        assert await run(b.ret, 0, Fid.EVENT_STATUS, SHARED_EV) == 0
+        # The real one: 0 on the socket, and the registration came with it.
+        assert await run(_load, b, blob, 5) == 0
+        await until(lambda: any(e["event"] == "SDEI_STATE_LOADED" for e in dst.events))
+        assert await run(b.ret, 0, Fid.EVENT_STATUS, SHARED_EV) == STATUS_REGISTERED
+        await close(src, a)
+        await close(dst, b)
+    finally:
+        await src.close()
+        await dst.close()

@@ -1,19 +1,19 @@
-"""Live migration carries the dispatcher state (qemu-patches 0009).
+"""Live migration carries the dispatcher state (qemu-patches/v2 0009).
 
 The stock Linux guest of tests/test_linux_guest.py boots on a source QEMU
 attached to daemon A and probes SDEI, which unmasks every PE in A.  A second
 QEMU with the same machine and device command line, plus `-incoming`, is
 attached to a fresh daemon B: every PE of B is masked.  The source migrates
-to it; the sdei-user device's vmstate pre_save fetches A's state (GET_STATE)
-and the destination's post_load hands it to B (SET_STATE), so B must then show
-every PE unmasked and report SDEI_STATE_LOADED.  The guest carries on on the
+to it; the smccc-user device's vmstate pre_save fetches A's state (SAVE_STATE,
+over a socket) and the destination's post_load hands it to B (LOAD_STATE), so
+B must then show every PE unmasked and report SDEI_STATE_LOADED.  The guest carries on on the
 destination: CPU hotplug there reaches B as PE_POWER, and B unmasks the PE
 again when the guest brings it back.
 
 Negative cases: a migration stream (a source saved to a file) whose state
 blob is corrupt, or well formed but for another topology, makes daemon B
-refuse it (-EINVAL, -EBUSY) and the destination QEMU fail the load and exit,
-instead of running or hanging.
+refuse it (-EINVAL, -EBUSY, answered on the state socket) and the destination
+QEMU fail the load and exit, instead of running or hanging.
 
 Integration tests: they run in CI and fail, never skip, when QEMU or the guest
 assets cannot be had, unless SDEID_SKIP_INTEGRATION=1.  Every wait is bounded
@@ -34,6 +34,7 @@ from typing import Any
 
 import pytest
 
+from sdeid.proto import spec
 from tests.test_linux_guest import (
     DETECTED,
     PE_POWER_OFF,
@@ -301,11 +302,14 @@ def test_bad_state_blob_fails_the_incoming_migration(
     assert rc != 0, f"the destination ran a VM from a bad state blob\n{dst.tail()}"
     messages = [ln for ln in dst.console() if ln.startswith("qemu-system")]
     print(f"destination exited with {rc}; its messages:\n  " + "\n  ".join(messages))
-    errno = {"corrupt": "Invalid argument", "topology": "Device or resource busy"}[how]
-    assert any(ln.endswith(f"sdei-user: request 8 failed: {errno}") for ln in messages), messages
+    # The back-end's status came back on the state socket (-EINVAL, -EBUSY)
+    # and failed the device's post_load, so the load failed.
+    status = {"corrupt": spec.STATUS["EINVAL"], "topology": spec.STATUS["EBUSY"]}[how]
+    assert any(f"smccc-user: the back-end's state did not cross (status {status})" in ln
+               for ln in messages), messages
     assert any("load of migration failed" in ln for ln in messages), messages
     # Daemon B refused the blob and kept its own state.
-    why = {"corrupt": "SET_STATE refused: ", "topology": "for a different topology"}[how]
+    why = {"corrupt": "LOAD_STATE refused: ", "topology": "for a different topology"}[how]
     assert why in dst.daemon_log(), dst.daemon_log()[-3000:]
     assert events(dst, "SDEI_STATE_LOADED") == []
     assert all(p["masked"] for p in pes(dst)), pes(dst)

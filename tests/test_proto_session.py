@@ -339,7 +339,8 @@ def test_save_state_writes_the_blob_to_the_pipe_then_acks() -> None:
     p2.connect()
     p2.control(p2.fe.request("LOAD_STATE", tag=5), (61,))
     assert p2.reads == [s.ReadBlob(61, 5)]
-    p2.carry(p2.session.blob_read(5, out[0].blob))
+    p2.carry(p2.session.blob_read(5, out[0].blob, 61))
+    assert p2.statuses == [s.BlobStatus(61, 0)]      # answered on its socket too
     assert p2.backend.dispatcher == p.backend.dispatcher
     assert p2.journal[-1] == ("state", out[0].blob)
 
@@ -349,8 +350,12 @@ def test_load_state_refuses_garbage_and_keeps_the_old_state() -> None:
     p.connect()
     register_enable(p, 0, 0)
     before = p.backend.dispatcher.snapshot()
-    out = p.session.blob_read(9, b"not a state blob")
+    out = p.session.blob_read(9, b"not a state blob", 62)
     assert all(not isinstance(o, s.Commit) for o in out)
+    # The refusal goes on the blob's own socket first (the front-end fails
+    # its incoming migration on it), then as the control reply.
+    assert out[0] == s.BlobStatus(62, spec.STATUS["EINVAL"])
+    assert isinstance(out[1], s.SendControl)
     p.carry(out)
     assert p.backend.dispatcher.snapshot() == before
 

@@ -184,5 +184,5 @@ def test_a_refused_state_blob_leaves_the_v2_back_end_serving() -> None:
     p.connect()
     st = _busy_state()
     _edit_frame_without_instance(st)
-    p.carry(p.session.blob_read(3, _blob(st)))
+    p.carry(p.session.blob_read(3, _blob(st), 63))
     assert p.ret(0, F.VERSION) >> 48 == 1          # still serving, old state kept

@@ -257,10 +257,16 @@ front-end can intercept it on every PE; claims name the PE.
 State
 =====
 
-``SAVE_STATE`` and ``LOAD_STATE`` carry one end of a pipe, as vhost-user's
-``SET_DEVICE_STATE_FD``: the back-end writes (or reads) its opaque state
-through it and replies when done.  The front-end embeds the bytes in its
-own migration stream.
+``SAVE_STATE`` and ``LOAD_STATE`` carry one end of a stream socket (a pipe
+also works), as vhost-user's ``SET_DEVICE_STATE_FD``: the back-end writes
+(or reads) its opaque state through it and replies when done.  The
+front-end embeds the bytes in its own migration stream.  After a
+``LOAD_STATE`` blob (the front-end shuts down its sending side to end it)
+the back-end writes the status of its reply, an i32, on the socket before
+closing it, as vhost-user's ``CHECK_DEVICE_STATE`` answers: the front-end
+waits for it inside the migration's load step, so a refused state fails
+the incoming migration instead of leaving the VM with a back-end that
+lacks it.
 
 Error records
 =============

@@ -26,6 +26,8 @@ import logging
 import os
 import select
 import socket
+import stat
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -181,7 +183,9 @@ class Connection:
                 _write_blob(o.fd, o.blob)
             elif isinstance(o, s.ReadBlob):
                 blob = _read_blob(o.fd, ring.backend.max_blob)
-                self._perform(self.session.blob_read(o.tag, blob))
+                self._perform(self.session.blob_read(o.tag, blob, o.fd))
+            elif isinstance(o, s.BlobStatus):
+                _blob_status(o.fd, o.status)
             elif isinstance(o, s.RequestDone):
                 ring.request_done(o)
             elif isinstance(o, s.Observed):
@@ -393,8 +397,21 @@ def _write_blob(fd: int, blob: bytes) -> None:
         os.close(fd)
 
 
+def _blob_status(fd: int, status: int) -> None:
+    """LOAD_STATE's status on its socket (a pipe has no way back), then close."""
+    try:
+        if stat.S_ISSOCK(os.fstat(fd).st_mode):
+            os.set_blocking(fd, True)
+            os.write(fd, struct.pack("<i", status))
+    except OSError as e:
+        log.info("LOAD_STATE: the front-end did not wait for the status: %s", e)
+    finally:
+        os.close(fd)
+
+
 def _read_blob(fd: int, limit: int) -> bytes | None:
-    """Read a pipe to EOF with a deadline; None when over `limit` or late."""
+    """Read `fd` to EOF with a deadline (it stays open: _blob_status closes
+    it); None when over `limit` or late."""
     chunks: list[bytes] = []
     total = 0
     try:
@@ -415,5 +432,6 @@ def _read_blob(fd: int, limit: int) -> bytes | None:
             if total > limit:
                 return None
             chunks.append(chunk)
-    finally:
-        os.close(fd)
+    except OSError as e:
+        log.error("LOAD_STATE: %s", e)
+        return None

@@ -85,7 +85,7 @@ class CloseFd:
 
 @dataclass(frozen=True, slots=True)
 class WriteBlob:
-    """Write `blob` to pipe `fd` and close it (SAVE_STATE)."""
+    """Write `blob` to `fd` (a stream socket or a pipe) and close it (SAVE_STATE)."""
 
     fd: int
     blob: bytes
@@ -93,10 +93,21 @@ class WriteBlob:
 
 @dataclass(frozen=True, slots=True)
 class ReadBlob:
-    """Read pipe `fd` to its end, close it, call `Session.blob_read(tag, data)`."""
+    """Read `fd` to its end and call `Session.blob_read(tag, data, fd)`; the
+    descriptor stays open for the `BlobStatus` that answers it."""
 
     fd: int
     tag: int
+
+
+@dataclass(frozen=True, slots=True)
+class BlobStatus:
+    """LOAD_STATE's answer on its own descriptor: write `status` (i32) on
+    `fd` if it is a socket (the front-end fails its incoming migration at
+    once on a refusal), then close it."""
+
+    fd: int
+    status: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +128,7 @@ class Observed:
 
 
 Output = (SendControl | SendVcpu | Commit | AdoptChannel | CloseFd | WriteBlob | ReadBlob
-          | RequestDone | Observed)
+          | BlobStatus | RequestDone | Observed)
 
 
 # ---------------------------------------------------------- the state table
@@ -414,11 +425,13 @@ class Session:
                 self._line(intid, pe, 1, 0, out)
         out.append(RequestDone(f.name, f.tag, status))
 
-    def blob_read(self, tag: int, blob: bytes | None) -> list[Output]:
-        """The ring finished ReadBlob (None: the pipe carried more than max_blob)."""
+    def blob_read(self, tag: int, blob: bytes | None, fd: int) -> list[Output]:
+        """The ring finished ReadBlob on `fd` (None: more than max_blob, or
+        no end of it in time)."""
         out: list[Output] = []
 
         def ack(status: str) -> None:
+            out.append(BlobStatus(fd, spec.STATUS[status]))
             out.append(SendControl(c.encode_control(
                 "LOAD_STATE", {"status": spec.STATUS[status]}, tag=tag, reply=True)))
 
@@ -454,6 +467,11 @@ class Session:
         b = self.backend
         stored = b.replies.get(pe)
         if stored is not None and stored.instance == self.instance and stored.seq == req.seq:
+            # A re-sent request this back-end (or the one it restarted
+            # from) already applied: rare, and what an operator (and
+            # scripts/kill-test) wants to see happened.
+            self.log.info("PE %d: re-sent request %d answered with the stored reply",
+                          pe, req.seq)
             return [SendVcpu(pe, stored.data)]
         out: list[Output] = [Commit(("vcpu", self.instance, pe, data))]
         reply = self._vcpu(pe, req, out)
@@ -536,9 +554,10 @@ class Session:
         out: list[Output] = []
         if ret == 0:
             out.append(Commit(("trigger", event, -1 if pe is None else pe)))
-            out.append(Observed("SDEI_TRIGGER", {"event": event, "pe": pe}))
-            if self.state == ConnState.READY:
-                self._effects(effects, out)
+        # Seen by operators whether or not the event could be raised.
+        out.append(Observed("SDEI_TRIGGER", {"event": event, "pe": pe, "status": int(ret)}))
+        if ret == 0 and self.state == ConnState.READY:
+            self._effects(effects, out)
         return int(ret), out
 
     def error_record(self, event: int, kind: int, address: int) -> tuple[int, list[Output]]:

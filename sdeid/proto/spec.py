@@ -12,7 +12,7 @@ Two kinds of channel (see protocol/v2/PROTOCOL.rst for the prose):
   payload whose size is fixed by (type, reply bit), so either side validates
   a frame with one size comparison.  It carries the handshake, the per-vCPU
   channel file descriptors (SCM_RIGHTS), line levels and claims, kicks,
-  reset, state transfer over a pipe, error records and NMIs.
+  reset, state transfer over a stream socket, error records and NMIs.
 - one *vCPU channel* per vCPU: a SOCK_SEQPACKET socketpair created by the
   front-end, one end passed to the back-end.  Exactly one fixed-size request
   and one fixed-size reply in flight, so a vCPU waits on its own socket and
@@ -169,14 +169,16 @@ CONTROL: tuple[ControlMessage, ...] = (
     ),
     ControlMessage(
         5, "SAVE_STATE", "fe->be", (), Ack, "STATE", 1,
-        "Migration, source side: the back-end writes its state to the pipe "
-        "it received, closes it, then replies.",
+        "Migration, source side: the back-end writes its state to the "
+        "descriptor it received, closes it, then replies.",
     ),
     ControlMessage(
         6, "LOAD_STATE", "fe->be", (), Ack, "STATE", 1,
         "Migration, destination side: the back-end reads its state from the "
-        "pipe until end of file, validates and adopts it, re-claims the lines "
-        "it owns, then replies.  A refused state leaves the old one in force.",
+        "descriptor until end of file, validates and adopts it, re-claims the "
+        "lines it owns, writes the reply's status (i32) on the descriptor if "
+        "it is a socket and closes it, then replies.  A refused state leaves "
+        "the old one in force.",
     ),
     ControlMessage(
         7, "NMI", "fe->be",

@@ -33,6 +33,7 @@ class Pair:
         self.vcpu_out: dict[int, list[bytes]] = {}
         self.blobs: list[s.WriteBlob] = []
         self.reads: list[s.ReadBlob] = []
+        self.statuses: list[s.BlobStatus] = []
 
     # Carry a list of outputs across.  Control sends go to the front-end
     # core at once and its answers come straight back.
@@ -58,6 +59,8 @@ class Pair:
                 self.blobs.append(o)
             elif isinstance(o, s.ReadBlob):
                 self.reads.append(o)
+            elif isinstance(o, s.BlobStatus):
+                self.statuses.append(o)
 
     def connect(self) -> None:
         self.carry(self.session.receive_control(self.fe.hello()))
