@@ -19,21 +19,14 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 from sdeid import __version__
 from sdeid.errors import ConfigError
 from sdeid.proto import spec
 
-# LEGACY_V1: protocol 1 (the sdei-user device of the retired QEMU 10.0
-# series) is still served, for tests/test_linux_ghes.py and the demo only,
-# until protocol 2 has a GHES error source.  See sdeid/v1/__init__.py.
-LEGACY_V1 = 1
-
 CAPABILITIES = {
     "type": "sdei",
     "protocol-version": spec.PROTOCOL_VERSION,
-    "protocol-versions": [spec.PROTOCOL_VERSION, LEGACY_V1],
     "features": sorted(name.lower().replace("_", "-") for name in spec.FEATURES),
     "sdei-versions": ["1.0", "1.1"],
     "version": __version__,
@@ -49,12 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="listen for the VMM on a new Unix socket at PATH")
     where.add_argument("--fd", type=int, metavar="N",
                        help="serve an inherited Unix socket (listening or connected)")
-    ap.add_argument("--protocol", type=int, choices=[spec.PROTOCOL_VERSION, LEGACY_V1],
+    ap.add_argument("--protocol", type=int, choices=[spec.PROTOCOL_VERSION],
                     default=spec.PROTOCOL_VERSION,
-                    help="device protocol: 2, the default and the protocol (the smccc-user "
-                    "device of qemu-patches/v2; `--protocol 2` is accepted as a no-op); 1 is "
-                    "the retired sdei-user device, kept only for the GHES test and demo "
-                    "until v2 has a GHES source")
+                    help="device protocol: 2, the only one (the smccc-user device of "
+                    "qemu-patches/v2); accepted for scripts written when there were two")
     ap.add_argument("--print-capabilities", action="store_true",
                     help="print the back-end capabilities as JSON and exit")
     ap.add_argument("--log-level", default="info",
@@ -116,16 +107,9 @@ async def serve(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.event, args.sdei_version, args.private_slots,
                          args.shared_slots)
-    daemon: Any
-    if args.protocol == LEGACY_V1:
-        from sdeid.v1.daemon import Daemon
-        daemon = Daemon(config, state_file=args.state_file,
-                        allowed_uids={os.getuid(), *args.allow_uid},
-                        allow_any_uid=args.allow_any_uid)
-    else:
-        daemon = Daemon2(config, state_file=args.state_file,
-                         allowed_uids={os.getuid(), *args.allow_uid},
-                         allow_any_uid=args.allow_any_uid)
+    daemon = Daemon2(config, state_file=args.state_file,
+                     allowed_uids={os.getuid(), *args.allow_uid},
+                     allow_any_uid=args.allow_any_uid)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

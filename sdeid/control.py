@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import inspect
 import json
 import logging
 import os
@@ -31,7 +30,6 @@ from sdeid.proto.spec import ERROR_KINDS
 
 if TYPE_CHECKING:
     from sdeid.proto.daemon import Daemon2
-    from sdeid.v1.daemon import Daemon
 
 log = logging.getLogger("sdeid.control")
 MAX_LINE = 64 * 1024
@@ -100,7 +98,7 @@ class QmpError(Exception):
 
 
 class ControlServer:
-    def __init__(self, daemon: Daemon | Daemon2, on_quit: Callable[[], None]) -> None:
+    def __init__(self, daemon: Daemon2, on_quit: Callable[[], None]) -> None:
         self.daemon = daemon
         self.on_quit = on_quit
         self.server: asyncio.AbstractServer | None = None
@@ -341,9 +339,8 @@ class ControlServer:
         if address >= 1 << 64 or event >= 1 << 31:
             raise QmpError("Parameter out of range")
         try:
-            ret = self.daemon.inject_error(event, ERROR_KINDS["MEMORY"], address, pe)
-            if inspect.isawaitable(ret):   # v2: the VMM answers whether it wrote it
-                ret = await ret
+            # The VMM answers whether it wrote the record (GHESv2 read-ack).
+            ret = await self.daemon.inject_error(event, ERROR_KINDS["MEMORY"], address, pe)
         except LookupError as e:
             raise QmpError(str(e)) from e
         if ret != Ret.SUCCESS:

@@ -150,32 +150,27 @@ class ControlClient:
 
 # ------------------------------------------------------------------ helpers
 
-# The patched QEMU of each device protocol: its series (None: build-qemu's
-# default, the one qemu-patches/DEFAULT names), and the variables that name
-# a prebuilt binary instead, first set wins.  Protocol 2 is the protocol
-# (the smccc-user device).  Protocol 1 (the sdei-user device of the retired
-# QEMU 10.0 series in qemu-patches/) is LEGACY, kept only for the GHES test
-# and the demo until v2 has a GHES error source: see sdeid/v1/__init__.py.
-SERIES: dict[int, tuple[str | None, tuple[str, ...]]] = {
-    2: (None, ("SDEID_QEMU", "SDEID_QEMU_V2")),
-    1: ("qemu-patches", ("SDEID_QEMU_V1",)),
-}
-# LEGACY_V1: Launch's default protocol until tests/test_linux_ghes.py and the
-# demo move to v2 (they pass no protocol); then make it 2.  `sdeid run`
-# passes 2 unless told otherwise.
-DEFAULT_PROTOCOL = 1
+# The variables that name a prebuilt patched QEMU instead of building one,
+# first set wins (SDEID_QEMU_V2 from when there were two protocols); without
+# them, build-qemu's default series (qemu-patches/DEFAULT names it).
+QEMU_VARIABLES = ("SDEID_QEMU", "SDEID_QEMU_V2")
+# The device protocol: 2 is the only one.  `protocol=` is still accepted so
+# callers written when there were two keep working.
+DEFAULT_PROTOCOL = 2
 # Protocol 2's device forwards the SMCCC ranges it is told: SDEI's SMC64
 # range and its SMC32 twin (the daemon answers the latter NOT_SUPPORTED).
 SDEI_FIDS = "0xc4000020-0xc400003f,0x84000020-0x8400003f"
 
 
 def find_qemu(explicit: str | None = None, protocol: int = DEFAULT_PROTOCOL) -> str:
-    """--qemu, else $SDEID_QEMU (or $SDEID_QEMU_V2; $SDEID_QEMU_V1 for the
-    legacy protocol 1), else what scripts/build-qemu prints last for that
-    protocol's series (it builds, or answers from its cache at once)."""
+    """--qemu, else $SDEID_QEMU (or $SDEID_QEMU_V2), else what
+    scripts/build-qemu prints last for its default series (it builds, or
+    answers from its cache at once)."""
+    if protocol != DEFAULT_PROTOCOL:
+        raise ValueError(f"protocol must be {DEFAULT_PROTOCOL}, not {protocol!r}")
     if explicit:
         return explicit
-    series, variables = SERIES[protocol]
+    variables = QEMU_VARIABLES
     for var in variables:
         env = os.environ.get(var)
         if env:
@@ -183,7 +178,7 @@ def find_qemu(explicit: str | None = None, protocol: int = DEFAULT_PROTOCOL) -> 
     if not BUILD_QEMU.is_file():
         raise LaunchError(f"no QEMU: pass --qemu PATH or set {variables[0]} "
                           f"({BUILD_QEMU} is not there to build one)")
-    cmd = [str(BUILD_QEMU), *(["--series", series] if series is not None else [])]
+    cmd = [str(BUILD_QEMU)]
     proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE,
                           stdin=subprocess.DEVNULL, text=True)
     lines = proc.stdout.strip().splitlines()
@@ -270,8 +265,8 @@ class Launch:
             raise ValueError(f"firmware must be 'dt' or 'uefi', not {firmware!r}")
         if smp < 1:
             raise ValueError("smp must be at least 1")
-        if protocol not in SERIES:
-            raise ValueError(f"protocol must be 2 (or the legacy 1), not {protocol!r}")
+        if protocol != DEFAULT_PROTOCOL:
+            raise ValueError(f"protocol must be {DEFAULT_PROTOCOL}, not {protocol!r}")
         self.protocol = protocol
         self.qemu_args = list(qemu_args)
         self.qemu = qemu
@@ -280,9 +275,8 @@ class Launch:
         self.conduit = conduit
         self.firmware = firmware
         self.sdeid_args = list(sdeid_args)
-        # extra properties of the device (smccc-user; sdei-user on the legacy
-        # protocol 1), e.g. "ghes-event=100" (a HEST error source notified by
-        # that SDEI event; needs firmware="uefi")
+        # extra properties of the smccc-user device, e.g. "ghes-event=100" (a
+        # HEST error source notified by that SDEI event; needs firmware="uefi")
         self.device_props = device_props.strip(",")
         self.keep_dir = Path(keep_dir) if keep_dir is not None else None
         self.capture_output = capture_output
@@ -384,7 +378,7 @@ class Launch:
             "--control-socket", str(self.control_path),
             "--qmp", str(self.qmp_path),
             "--exit-with-vm", "--ready-fd", str(wfd),
-            "--protocol", str(self.protocol), *self.sdeid_args]
+            *self.sdeid_args]
         stderr: Any = self._open_log(self.daemon_log) if self.capture_output else None
         env = dict(os.environ)
         # The daemon imports this very package, wherever it was loaded from.
@@ -432,8 +426,6 @@ class Launch:
                 exit_code=code, command=self.daemon_command, output=self._daemon_tail())
 
     def _device(self) -> str:
-        if self.protocol == 1:
-            return "sdei-user,chardev=sdei0"        # LEGACY_V1
         # ',,' is a literal comma inside a -device option value.
         return f"smccc-user,chardev=sdei0,fids={SDEI_FIDS.replace(',', ',,')}"
 
@@ -717,10 +709,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--firmware", choices=["dt", "uefi"], default="dt",
                     help="dt: direct kernel boot with a device tree; uefi: AAVMF + ACPI "
                     "(ras=on)")
-    ap.add_argument("--protocol", type=int, choices=[2, 1], default=2,
-                    help="2 (the default and the protocol): the smccc-user device "
-                    "(qemu-patches/v2), `--protocol 2` is accepted as a no-op; 1: the "
-                    "retired sdei-user device, kept only until v2 has a GHES source")
+    ap.add_argument("--protocol", type=int, choices=[2], default=2,
+                    help="the device protocol: 2, the only one (the smccc-user device of "
+                    "qemu-patches/v2); accepted for scripts written when there were two")
     ap.add_argument("--qemu", metavar="PATH",
                     help="the patched qemu-system-aarch64 (default: $SDEID_QEMU, else "
                     "what scripts/build-qemu builds: the series qemu-patches/DEFAULT names)")

@@ -401,15 +401,17 @@ def test_find_qemu_builds_the_default_series(monkeypatch: pytest.MonkeyPatch,
     assert len(named) == 1 and (launcher.REPO / named[0] / "series").is_file()
 
 
-def test_the_device_of_each_protocol(monkeypatch: pytest.MonkeyPatch, fake_qemu: str) -> None:
+def test_the_device_and_the_one_protocol(monkeypatch: pytest.MonkeyPatch,
+                                         fake_qemu: str) -> None:
     monkeypatch.setenv("SDEID_QEMU", "/v2")
-    monkeypatch.setenv("SDEID_QEMU_V1", "/v1")
     assert launcher.find_qemu(None, 2) == "/v2"
-    assert launcher.find_qemu(None, 1) == "/v1"        # LEGACY_V1, see sdeid/v1
     assert Launch(qemu=fake_qemu, protocol=2)._device() == V2_DEVICE
-    assert Launch(qemu=fake_qemu, protocol=1)._device() == "sdei-user,chardev=sdei0"
-    with pytest.raises(ValueError, match="protocol"):
-        Launch(qemu=fake_qemu, protocol=3)
+    assert Launch(qemu=fake_qemu)._device() == V2_DEVICE
+    for gone in (1, 3):
+        with pytest.raises(ValueError, match="protocol"):
+            Launch(qemu=fake_qemu, protocol=gone)
+        with pytest.raises(ValueError, match="protocol"):
+            launcher.find_qemu(None, gone)
 
 
 def test_socket_path_too_long(fake_qemu: str, tmp_path: Path) -> None:

@@ -68,10 +68,10 @@ def _fail(msg: str) -> None:
                 pytrace=False)
 
 
-def _build_qemu(protocol: int) -> str:
+def _build_qemu() -> str:
     from sdeid.launcher import LaunchError, find_qemu
     try:
-        path = find_qemu(protocol=protocol)
+        path = find_qemu()
     except LaunchError as e:
         _fail(f"scripts/build-qemu: {e}")
     if not (Path(path).is_absolute() and os.access(path, os.X_OK)):
@@ -81,14 +81,8 @@ def _build_qemu(protocol: int) -> str:
 
 @pytest.fixture(scope="module")
 def qemu() -> str:
-    """The patched QEMU of protocol 2 (qemu-patches/v2)."""
-    return _build_qemu(2)
-
-
-@pytest.fixture(scope="module")
-def qemu_v1() -> str:
-    """The protocol 1 QEMU (qemu-patches/), for what has not moved to v2."""
-    return _build_qemu(1)
+    """The patched QEMU (qemu-patches/v2, built by scripts/build-qemu)."""
+    return _build_qemu()
 
 
 @pytest.fixture(scope="module")

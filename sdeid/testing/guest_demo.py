@@ -4,11 +4,11 @@ SDEI.
 Builds what is missing (scripts/build-qemu: QEMU with our patch series;
 scripts/fetch-guest-assets: Debian's stock cloud arm64 kernel, a busybox
 initramfs, UEFI firmware; progress on stderr), then boots the kernel with
-UEFI and ACPI on `-M virt,ras=on` with sdeid attached (sdeid.launcher).  The
-sdei-user device names SDEI event 100 as the notification of a HEST GHESv2
-error source, and the daemon defines 100 as a static shared event.  Once
-the guest is up, the demo shows its SDEI lines and the daemon's view of the
-event its GHES driver registered, injects a memory error through the
+UEFI and ACPI on `-M virt,ras=on` with sdeid attached (sdeid.launcher).
+The smccc-user device (`ghes-event=100`) names SDEI event 100 as the
+notification of a HEST GHESv2 error source, and the daemon defines 100 as a
+static shared event.  Once the guest is up, the demo shows its SDEI lines
+and the daemon's view of the event its GHES driver registered, injects a memory error through the
 control socket (`sdei-inject-error`: the daemon sends QEMU the error record,
 then fires the event), shows the guest's `[Hardware Error]` report and the
 daemon's statistics and observed events, and powers the guest off.
