@@ -90,16 +90,12 @@ def test_every_hostile_case_is_survived_and_refused(fq: ModuleType, qemu: str,
     assert g["pc_faults"] <= 2 and g["retries"] == g["pc_faults"], g
 
 
-@pytest.mark.xfail(strict=True, reason="smccc-user/target-arm bug: RESTORE_IRQ to EL2h with "
-                   "an IRQ to EL1 is applied (an exception taken to a lower EL); reported, "
-                   "patches owned elsewhere")
 def test_an_irq_to_a_lower_el_than_the_restored_one_is_refused(
         fq: ModuleType, qemu: str, tmp_path: Path) -> None:
     """With EL2 implemented (virtualization=on), RESTORE_IRQ restoring EL2h
     and taking the IRQ to EL1 must be refused: the architecture never takes
-    an exception to a lower EL.  arm_cpu_restore_aarch64() checks that
-    irq_el is an EL of the guest's, not that it is at or above the
-    restored EL."""
+    an exception to a lower EL.  (Found by this fuzzer: until patch 0002
+    checked irq_el >= the restored EL, QEMU applied it.)"""
     rep = fq.fuzz(["restore_el2_irq_el1"], 1, 1, el2=True, qemu=qemu, qmp_bound=2.0,
                   drop_timeout=3, log=print, keep=tmp_path)
     print(fq.summary(rep))
