@@ -28,6 +28,56 @@ class DaemonState(enum.Enum):
     STOPPED = "stopped"
 
 
+class DaemonInput(enum.Enum):
+    LISTEN = "the device socket is listening (or attached)"
+    CONNECT = "a front-end's handshake began"
+    DISCONNECT = "the front-end is gone"
+    STOP = "asked to stop (signal, quit, the VM's end)"
+    CLOSED = "every socket and thread is closed"
+
+
+D, I = DaemonState, DaemonInput
+# The daemon's life, one entry per (state, input) pair.  None: the input
+# cannot happen in that state, so seeing it is a bug of ours.  Inputs that
+# race with a stop (a connection ending while the ring closes it, a late
+# handshake) leave STOPPING and STOPPED as they are.
+DAEMON_TRANSITIONS: dict[tuple[DaemonState, DaemonInput], DaemonState | None] = {
+    (D.STARTING, I.LISTEN): D.LISTENING,
+    (D.STARTING, I.CONNECT): None,
+    (D.STARTING, I.DISCONNECT): None,
+    (D.STARTING, I.STOP): D.STOPPED,        # nothing was opened
+    (D.STARTING, I.CLOSED): None,
+    (D.LISTENING, I.LISTEN): None,
+    (D.LISTENING, I.CONNECT): D.CONNECTED,
+    (D.LISTENING, I.DISCONNECT): None,
+    (D.LISTENING, I.STOP): D.STOPPING,
+    (D.LISTENING, I.CLOSED): None,
+    (D.CONNECTED, I.LISTEN): None,
+    (D.CONNECTED, I.CONNECT): None,         # one VM per daemon: refused before this
+    (D.CONNECTED, I.DISCONNECT): D.LISTENING,
+    (D.CONNECTED, I.STOP): D.STOPPING,
+    (D.CONNECTED, I.CLOSED): None,
+    (D.STOPPING, I.LISTEN): None,
+    (D.STOPPING, I.CONNECT): D.STOPPING,
+    (D.STOPPING, I.DISCONNECT): D.STOPPING,
+    (D.STOPPING, I.STOP): D.STOPPING,
+    (D.STOPPING, I.CLOSED): D.STOPPED,
+    (D.STOPPED, I.LISTEN): None,
+    (D.STOPPED, I.CONNECT): D.STOPPED,
+    (D.STOPPED, I.DISCONNECT): D.STOPPED,
+    (D.STOPPED, I.STOP): D.STOPPED,
+    (D.STOPPED, I.CLOSED): None,
+}
+
+
+def daemon_next(state: DaemonState, event: DaemonInput) -> DaemonState:
+    """The state after `event`; RuntimeError for a pair that cannot happen."""
+    nxt = DAEMON_TRANSITIONS[(state, event)]
+    if nxt is None:
+        raise RuntimeError(f"daemon: {event.name} in state {state.value} cannot happen")
+    return nxt
+
+
 def qmp_event(kind: str, data: dict[str, Any]) -> dict[str, Any]:
     """An observed event as the control socket sends it (QMP's event shape)."""
     now = time.time()

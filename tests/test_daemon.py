@@ -528,3 +528,24 @@ async def test_state_moves_over_a_socket_and_a_refusal_is_answered_on_it(
     finally:
         await src.close()
         await dst.close()
+
+
+# ------------------------------------------------------------------ life
+
+async def test_a_daemon_stopped_before_listening_goes_straight_to_stopped() -> None:
+    d = Daemon2(config())
+    await d.close()
+    assert list(d.state_history) == [DaemonState.STARTING, DaemonState.STOPPED]
+
+
+async def test_a_stop_while_connected_never_goes_back_to_listening(daemon: Daemon2) -> None:
+    """The ring ends the connection while it closes: that DISCONNECT must
+    not make a stopping daemon 'listening' again (it used to)."""
+    fe = await connect(daemon)
+    await until(lambda: daemon.state == DaemonState.CONNECTED)
+    await daemon.close()
+    await asyncio.sleep(0.05)       # let a late disconnect callback run, if any
+    await run(fe.close)
+    assert list(daemon.state_history)[-3:] == [DaemonState.CONNECTED, DaemonState.STOPPING,
+                                               DaemonState.STOPPED]
+    assert daemon.state == DaemonState.STOPPED

@@ -4,7 +4,9 @@ below), and by driving the dispatcher into each state and performing each
 input through SDEI calls, dispatches and power changes.
 
 - the client event instance (DEN0054A 6.1; sdeid.model.states);
-- the PE: online x masked x the nesting of its handlers (sdeid.model.state).
+- the PE: online x masked x the nesting of its handlers (sdeid.model.state);
+- the daemon's life (sdeid.lifecycle; the real daemon's paths are in
+  test_daemon.py).  The connection's table is test_proto_session.py's.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import itertools
 
 import pytest
 
+from sdeid.lifecycle import DAEMON_TRANSITIONS, DaemonInput, DaemonState, daemon_next
 from sdeid.model.abi import STATUS_ENABLED, STATUS_REGISTERED, STATUS_RUNNING, Fid, Priority, Ret
 from sdeid.model.dispatcher import PE_POWER_OFF, PE_POWER_ON, PE_POWER_WAKE
 from sdeid.model.state import PE_STATES, PE_TRANSITIONS, Nesting, PeInput, PeState
@@ -266,3 +269,33 @@ def test_dispatcher_follows_the_pe_table(state: PeState, inp: PeInput) -> None:
     assert done == (want is not None)
     assert s.d.pes[0].machine == (want if want is not None else state)
     s.d.state.validate()
+
+
+# ------------------------------------------------------------------------
+# The daemon's life (sdeid.lifecycle): every (state, input) pair against the
+# rules as stated here, then the real daemon through its reachable paths.
+
+DS, DI = DaemonState, DaemonInput
+
+
+def daemon_expected(s: DaemonState, i: DaemonInput) -> DaemonState | None:
+    if s in (DS.STOPPING, DS.STOPPED):
+        # A stop wins over anything racing with it; only CLOSED ends STOPPING.
+        if i is DI.CLOSED:
+            return DS.STOPPED if s is DS.STOPPING else None
+        return None if i is DI.LISTEN else s
+    if i is DI.STOP:
+        return DS.STOPPED if s is DS.STARTING else DS.STOPPING
+    return {(DS.STARTING, DI.LISTEN): DS.LISTENING,
+            (DS.LISTENING, DI.CONNECT): DS.CONNECTED,
+            (DS.CONNECTED, DI.DISCONNECT): DS.LISTENING}.get((s, i))
+
+
+def test_daemon_table_lists_every_pair_as_the_rules_say() -> None:
+    pairs = list(itertools.product(DaemonState, DaemonInput))
+    assert len(pairs) == 25 and set(DAEMON_TRANSITIONS) == set(pairs)
+    for s, i in pairs:
+        assert DAEMON_TRANSITIONS[(s, i)] == daemon_expected(s, i), (s, i)
+        if daemon_expected(s, i) is None:
+            with pytest.raises(RuntimeError, match="cannot happen"):
+                daemon_next(s, i)

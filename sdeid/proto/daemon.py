@@ -20,7 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from sdeid.errors import ConfigError, StateError
-from sdeid.lifecycle import MAX_OBSERVED, DaemonState, check_record_target, peer_uid, qmp_event
+from sdeid.lifecycle import (
+    MAX_OBSERVED,
+    DaemonInput,
+    DaemonState,
+    check_record_target,
+    daemon_next,
+    peer_uid,
+    qmp_event,
+)
 from sdeid.model.types import PlatformConfig
 from sdeid.proto import session as s
 from sdeid.proto import spec
@@ -81,9 +89,14 @@ class Daemon2:
     def active(self) -> Any:
         return self.ring.active
 
-    def set_state(self, new: DaemonState) -> None:
+    def step(self, event: DaemonInput) -> None:
+        """Every change of the daemon's state goes through DAEMON_TRANSITIONS."""
+        new = daemon_next(self.state, event)
         if new != self.state:
-            log.info("daemon %s -> %s", self.state.value, new.value)
+            # A daemon that never listened (a bad configuration) ends with one
+            # line, the error's: its stop is not news.
+            level = logging.DEBUG if self.state == DaemonState.STARTING else logging.INFO
+            log.log(level, "daemon %s -> %s", self.state.value, new.value)
             self.state = new
             self.state_history.append(new)
 
@@ -98,8 +111,7 @@ class Daemon2:
         return True
 
     def _connection_changed(self, connected: bool) -> None:
-        self._call_soon(self.set_state,
-                        DaemonState.CONNECTED if connected else DaemonState.LISTENING)
+        self._call_soon(self.step, DaemonInput.CONNECT if connected else DaemonInput.DISCONNECT)
 
     def _call_soon(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
@@ -127,7 +139,7 @@ class Daemon2:
             raise ConfigError(f"cannot listen on {path}: {e.strerror}") from e
         os.chmod(path, 0o600)
         self.socket_path = path
-        self.set_state(DaemonState.LISTENING)
+        self.step(DaemonInput.LISTEN)
         log.info("listening on %s (smccc-user v%d)", path, spec.PROTOCOL_VERSION)
 
     async def listen_fd(self, fd: int) -> None:
@@ -139,24 +151,23 @@ class Daemon2:
         if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_STREAM:
             sock.detach()
             raise ConfigError(f"--fd {fd} is not a Unix stream socket")
-        self.set_state(DaemonState.LISTENING)
+        self.step(DaemonInput.LISTEN)
         if sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             self.ring.serve(sock)
         else:
             self.ring.attach(sock)
 
     async def close(self) -> None:
-        if self.state == DaemonState.STARTING:
-            self.state = DaemonState.STOPPED
+        self.step(DaemonInput.STOP)
+        if self.state == DaemonState.STOPPED:       # it never started listening
             return
-        self.set_state(DaemonState.STOPPING)
         await asyncio.get_running_loop().run_in_executor(None, self.ring.close)
         if self.socket_path is not None:
             try:
                 self.socket_path.unlink()
             except FileNotFoundError:
                 pass
-        self.set_state(DaemonState.STOPPED)
+        self.step(DaemonInput.CLOSED)
 
     # -------------------------------------------------- operator actions
 
