@@ -4,21 +4,32 @@
  *
  * bench_call_cost: the cost of a call seen from the guest, in counter ticks
  * converted to ns: PSCI_VERSION (answered by QEMU itself) next to
- * SDEI_VERSION (forwarded to sdeid and back).
+ * SDEI_VERSION (forwarded to sdeid and back), and PE_MASK/PE_UNMASK
+ * alternating (a call that changes the dispatcher's state).
  *
  * bench_delivery: event delivery latency, trigger to handler entry:
  *  - signal: EVENT_SIGNAL(0) to this PE, until the handler runs;
  *  - timer: the EL1 physical timer bound as an SDEI event (PPI 30), from
  *    the compare value the timer fires at until the handler runs.
  *
+ * bench_two_pe_calls: SDEI_VERSION on CPU 0 and CPU 1 at the same time;
+ * each CPU's p50/p99 and its calls per second over the common window (a
+ * front-end that serializes vCPUs halves each one's rate).
+ *
+ * bench_delivery_remote: EVENT_SIGNAL(0) from CPU 0 to CPU 1, trigger to
+ * handler entry on CPU 1, with CPU 1 busy (spinning) and idle (in WFI);
+ * and the EL1 physical timer bound as an event on CPU 0 while CPU 0 waits
+ * in WFI (the busy-timer figure is bench_delivery's).
+ *
  * Each result is one line: SDEI-BENCH <name> n=<N> p50_ns=<..> p99_ns=<..>
- * min_ns=<..>
+ * min_ns=<..>; bench_two_pe_calls adds SDEI-BENCH-RATE <name> calls_per_s=<..>
  */
 #include "test.h"
 #include "sdei.h"
 #include "smccc.h"
 #include "timer.h"
 #include "lib.h"
+#include "smp.h"
 
 #define N_CALLS 2000
 #define N_EVENTS 300
@@ -74,6 +85,15 @@ TEST_TIMEOUT(bench_call_cost, 60000000)
         ASSERT_TRUE(v > 0);
     }
     report("sdei_version", samples, N_CALLS);
+    /* A state-changing call: what a journal (--state-file) costs. */
+    for (unsigned i = 0; i < N_CALLS; i++) {
+        u64 t0 = cntpct();
+        s64 r = sdei_call0(i % 2 ? SDEI_PE_UNMASK : SDEI_PE_MASK);
+        samples[i] = cntpct() - t0;
+        ASSERT_TRUE(r >= 0);
+    }
+    report("sdei_pe_mask_unmask", samples, N_CALLS);
+    sdei_pe_mask();
 }
 
 static volatile u64 entered_at;
@@ -125,6 +145,158 @@ TEST_TIMEOUT(bench_delivery, 60000000)
         samples[i] = entered_at > fire ? entered_at - fire : 0;
     }
     report("deliver_timer_ppi", samples, N_EVENTS);
+    ASSERT_EQ(sdei_event_unregister((u32)ev), 0);
+    ASSERT_EQ(sdei_interrupt_release((u32)ev), 0);
+    sdei_quiesce();
+}
+
+/* ---- two PEs calling at once */
+
+#define N_PAR 1000
+
+static u64 par_samples[2][N_PAR];
+static volatile u32 par_go, par_done[2];
+static volatile u64 par_span[2];
+
+static void par_calls(unsigned cpu)
+{
+    while (!atomic_read(&par_go))
+        cpu_relax();
+    u64 start = cntpct();
+    for (unsigned i = 0; i < N_PAR; i++) {
+        u64 t0 = cntpct();
+        sdei_version();
+        par_samples[cpu][i] = cntpct() - t0;
+    }
+    par_span[cpu] = cntpct() - start;
+    atomic_set(&par_done[cpu], 1);
+}
+
+static void par_fn(void *arg)
+{
+    par_calls(1);
+}
+
+static void report_rate(const char *name, u64 calls, u64 ticks)
+{
+    u64 ns = ticks_to_ns(ticks);
+    printf("SDEI-BENCH-RATE %s calls_per_s=%lu\n", name, ns ? calls * (u64)1000000000 / ns : 0);
+}
+
+TEST_TIMEOUT(bench_two_pe_calls, 60000000)
+{
+    ASSERT_TRUE(smp_num_cpus() >= 2);
+    par_go = 0;
+    par_done[0] = par_done[1] = 0;
+    ASSERT_EQ(cpu_start(1, par_fn, NULL), PSCI_SUCCESS);
+    atomic_set(&par_go, 1);
+    par_calls(0);
+    ASSERT_TRUE(WAIT_FOR(atomic_read(&par_done[1]), 30000000));
+    ASSERT_TRUE(cpu_wait_off(1, 2000000));
+    report("sdei_version_pe0", par_samples[0], N_PAR);
+    report("sdei_version_pe1", par_samples[1], N_PAR);
+    report_rate("sdei_version_pe0", N_PAR, par_span[0]);
+    report_rate("sdei_version_pe1", N_PAR, par_span[1]);
+}
+
+/* ---- delivery to another PE, busy or in WFI */
+
+static volatile u32 rem_ready, rem_quit, rem_wfi;
+static volatile u64 rem_entered;
+
+static u64 rem_handler(struct sdei_record *rec, void *data)
+{
+    rem_entered = cntpct();
+    return SDEI_EV_HANDLED;
+}
+
+static const struct sdei_handler h_rem = { rem_handler, (void *)0 };
+
+static void rem_fn(void *arg)
+{
+    u64 dl = deadline_us(60000000);
+
+    sdei_private_reset();
+    if (sdei_event_register(0, sdei_entry_point(), (u64)&h_rem, 0, 0) ||
+        sdei_event_enable(0) || sdei_call0(SDEI_PE_UNMASK)) {
+        return;
+    }
+    atomic_set(&rem_ready, 1);
+    while (!atomic_read(&rem_quit) && !deadline_passed(dl)) {
+        if (atomic_read(&rem_wfi))
+            __asm__ volatile("wfi");
+        else
+            cpu_relax();
+    }
+    sdei_pe_mask();
+    sdei_private_reset();
+}
+
+static bool rem_round(u64 target, unsigned n, u64 *s)
+{
+    for (unsigned i = 0; i < n; i++) {
+        rem_entered = 0;
+        /* Give an idle target time to be back in WFI after the last one. */
+        u64 settle = cntpct() + timer_freq() / 2000;
+        while (cntpct() < settle)
+            ;
+        u64 t0 = cntpct();
+        if (sdei_event_signal(0, target) != 0)
+            return false;
+        if (!WAIT_FOR(rem_entered != 0, 1000000))
+            return false;
+        s[i] = rem_entered - t0;
+    }
+    return true;
+}
+
+static volatile u64 wfi_entered;
+
+static u64 wfi_timer_handler(struct sdei_record *rec, void *data)
+{
+    wfi_entered = cntpct();
+    ptimer_stop();
+    return SDEI_EV_HANDLED;
+}
+
+static const struct sdei_handler h_wfi_timer = { wfi_timer_handler, (void *)0 };
+
+TEST_TIMEOUT(bench_delivery_remote, 120000000)
+{
+    ASSERT_TRUE(smp_num_cpus() >= 2);
+    u64 target = smp_cpu_mpidr(1);
+
+    sdei_quiesce();
+    rem_ready = rem_quit = rem_wfi = 0;
+    ASSERT_EQ(cpu_start(1, rem_fn, NULL), PSCI_SUCCESS);
+    ASSERT_TRUE(WAIT_FOR(atomic_read(&rem_ready), 5000000));
+    ASSERT_TRUE(rem_round(target, N_EVENTS, samples));
+    report("deliver_signal_remote_busy", samples, N_EVENTS);
+    atomic_set(&rem_wfi, 1);
+    ASSERT_TRUE(rem_round(target, N_EVENTS, samples));
+    report("deliver_signal_remote_wfi", samples, N_EVENTS);
+    atomic_set(&rem_quit, 1);
+    /* A CPU in WFI needs a wake-up to see quit: one more signal. */
+    sdei_event_signal(0, target);
+    ASSERT_TRUE(cpu_wait_off(1, 2000000));
+
+    /* The bound timer, with this PE waiting in WFI (IRQs stay masked). */
+    s64 ev = sdei_interrupt_bind(PPI_PTIMER);
+    ASSERT_TRUE(ev > 0);
+    ASSERT_EQ(sdei_event_register((u32)ev, sdei_entry_point(), (u64)&h_wfi_timer, 0, 0), 0);
+    ASSERT_EQ(sdei_event_enable((u32)ev), 0);
+    ASSERT_EQ(sdei_call0(SDEI_PE_UNMASK), 0);
+    for (unsigned i = 0; i < N_EVENTS; i++) {
+        wfi_entered = 0;
+        ptimer_arm(timer_freq() / 2000);
+        u64 fire = read_sysreg(cntp_cval_el0);
+        u64 deadline = fire + timer_freq();
+        while (!wfi_entered && cntpct() < deadline)
+            __asm__ volatile("wfi");
+        ASSERT_TRUE(wfi_entered != 0);
+        samples[i] = wfi_entered > fire ? wfi_entered - fire : 0;
+    }
+    report("deliver_timer_ppi_wfi", samples, N_EVENTS);
     ASSERT_EQ(sdei_event_unregister((u32)ev), 0);
     ASSERT_EQ(sdei_interrupt_release((u32)ev), 0);
     sdei_quiesce();
