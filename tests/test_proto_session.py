@@ -295,6 +295,29 @@ def test_reconnect_reclaims_owned_lines() -> None:
     assert q.fe.claimed == {(40, 0)}
 
 
+def test_a_level_held_from_the_last_connection_yields_to_the_claim() -> None:
+    """The line was high when the connection died (its LINE_LEVEL(0) died
+    with it); the new front-end's claim says low.  Found by scripts/load-test
+    as a livelock: the dispatcher kept the old level and every COMPLETE
+    re-entered the handler."""
+    p = Pair(1)
+    p.connect()
+    event = p.ret(0, Fid.INTERRUPT_BIND, 40)
+    register_enable(p, 0, event)
+    p.control(p.fe.line_level(40, 0, 1))
+    assert p.pull(0).action == A["ENTER"]          # the handler runs...
+    p.carry(p.session.eof())                        # ...and the connection dies
+    q = Pair(1, backend=p.backend)                  # QEMU reconnects: the line is low
+    q.connect()
+    assert q.fe.claimed == {(40, 0)}
+    assert p.backend.dispatcher is not None
+    assert p.backend.dispatcher.levels[(40, 0)] is False
+    assert q.journal[-1] == ("line", 40, 0, 0, 0)   # committed like any level
+    rep = q.call(0, Fid.EVENT_COMPLETE, 0)
+    assert rep.action == A["RESTORE"]
+    assert q.pull(0).action == A["NONE"]            # nothing dispatched again
+
+
 def test_reply_to_nothing_outstanding_is_a_protocol_error() -> None:
     p = Pair(1)
     p.connect()

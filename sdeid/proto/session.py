@@ -420,9 +420,14 @@ class Session:
                                intid, pe, status)
             elif f.fields["level"] not in (0, 1):
                 raise c.BadValue(f"LINE_CLAIM reply level {f.fields['level']}")
-            elif f.fields["level"]:
-                out.append(Commit(("line", intid, pe, 1, 0)))
-                self._line(intid, pe, 1, 0, out)
+            elif f.fields["level"] or self.dispatcher.levels.get(
+                    self.dispatcher.state.line_key(intid, pe)):
+                # The level at the claim is the truth, low included: a
+                # level held from the last connection (whose LINE_LEVEL(0)
+                # died with it) would otherwise re-dispatch forever.
+                level = f.fields["level"]
+                out.append(Commit(("line", intid, pe, level, 0)))
+                self._line(intid, pe, level, 0, out)
         out.append(RequestDone(f.name, f.tag, status))
 
     def blob_read(self, tag: int, blob: bytes | None, fd: int) -> list[Output]:
