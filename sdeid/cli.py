@@ -52,8 +52,12 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=["debug", "info", "warning", "error"])
     ap.add_argument("--config", type=Path, metavar="FILE",
                     help="TOML file with platform events and limits")
-    ap.add_argument("--event", action="append", default=[], metavar="N[:TYPE[:PRIO]]",
-                    help="a static platform event, e.g. 100:shared:critical (repeatable)")
+    ap.add_argument("--event", action="append", default=[], metavar="N[:TYPE[:PRIO]][:intid=I]",
+                    help="a static platform event, e.g. 100:shared:critical, or one behind a "
+                    "device interrupt, 200:shared:critical:intid=34 (repeatable)")
+    ap.add_argument("--nmi-event", type=int, metavar="N",
+                    help="trigger static event N on QEMU's NMI (QMP inject-nmi, "
+                    "-action watchdog=inject-nmi); critical priority recommended")
     ap.add_argument("--sdei-version", choices=["1.0", "1.1"],
                     help="SDEI version reported to the guest (default 1.1)")
     ap.add_argument("--private-slots", type=int, metavar="N",
@@ -100,16 +104,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def serve(args: argparse.Namespace) -> int:
-    from sdeid.config import load_config
+    from sdeid.config import load_settings
     from sdeid.control import ControlServer
+    from sdeid.model.abi import Priority
     from sdeid.proto.daemon import Daemon2
     from sdeid.qmp_hooks import QmpHooks
 
-    config = load_config(args.config, args.event, args.sdei_version, args.private_slots,
-                         args.shared_slots)
+    settings = load_settings(args.config, args.event, args.sdei_version, args.private_slots,
+                             args.shared_slots, args.nmi_event)
+    config = settings.platform
+    nmi = next((e for e in config.static_events if e.number == settings.nmi_event), None)
+    if nmi is not None and nmi.priority != Priority.CRITICAL:
+        logging.getLogger("sdeid").warning(
+            "NMI event %d has normal priority: it cannot preempt a running normal handler",
+            nmi.number)
     daemon = Daemon2(config, state_file=args.state_file,
                      allowed_uids={os.getuid(), *args.allow_uid},
-                     allow_any_uid=args.allow_any_uid)
+                     allow_any_uid=args.allow_any_uid, nmi_event=settings.nmi_event)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -7,15 +7,24 @@ becomes a ConfigError with one line that says what is wrong.
     private-slots = 16           # INTERRUPT_BIND slots for PPIs (FEATURES)
     shared-slots = 32            # ... and for SPIs
 
+    nmi-event = 200              # QEMU's NMI (inject-nmi) triggers this event
+                                 # (also spelt nmi_event; --nmi-event N)
+
     [[event]]                    # a static platform event, e.g. a GHES source
     number = 100
     type = "shared"              # or "private"
     priority = "critical"        # or "normal"
+
+    [[event]]                    # a static event behind a device interrupt:
+    number = 200                 # the dispatcher owns INTID 34 (the PL031 RTC
+    priority = "critical"        # on virt) and a rising level triggers it
+    intid = 34                   # (--event 200:shared:critical:intid=34)
 """
 
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +36,32 @@ from sdeid.model.types import EventDef, PlatformConfig
 MAX_STATIC_EVENTS = 65536
 
 
+@dataclass(frozen=True)
+class Settings:
+    """The model's configuration and what only the daemon uses."""
+
+    platform: PlatformConfig
+    nmi_event: int | None = None
+
+
 def parse_event(text: str) -> EventDef:
-    """NUMBER[:TYPE[:PRIORITY]], e.g. `100:shared:critical`."""
+    """NUMBER[:TYPE[:PRIORITY]][:intid=N], e.g. `100:shared:critical` or
+    `200:shared:critical:intid=34`."""
     parts = text.split(":")
-    if not 1 <= len(parts) <= 3:
-        raise ConfigError(f"--event {text!r}: expected NUMBER[:TYPE[:PRIORITY]]")
-    return _event({"number": parts[0],
-                   "type": parts[1] if len(parts) > 1 else "shared",
-                   "priority": parts[2] if len(parts) > 2 else "normal"}, f"--event {text!r}")
+    keys = [p for p in parts[1:] if "=" in p]
+    pos = [p for p in parts if "=" not in p]
+    usage = f"--event {text!r}: expected NUMBER[:TYPE[:PRIORITY]][:intid=N]"
+    if not 1 <= len(pos) <= 3 or parts[:len(pos)] != pos:
+        raise ConfigError(usage)
+    d: dict[str, Any] = {"number": pos[0],
+                         "type": pos[1] if len(pos) > 1 else "shared",
+                         "priority": pos[2] if len(pos) > 2 else "normal"}
+    for k in keys:
+        name, _, value = k.partition("=")
+        if name != "intid" or "intid" in d:
+            raise ConfigError(usage)
+        d["intid"] = value
+    return _event(d, f"--event {text!r}")
 
 
 def _event(d: dict[str, Any], where: str) -> EventDef:
@@ -49,14 +76,29 @@ def _event(d: dict[str, Any], where: str) -> EventDef:
         raise ConfigError(f"{where}: type must be 'shared' or 'private', not {t!r}")
     if p not in prios:
         raise ConfigError(f"{where}: priority must be 'normal' or 'critical', not {p!r}")
-    unknown = set(d) - {"number", "type", "priority"}
+    unknown = set(d) - {"number", "type", "priority", "intid"}
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
-    return EventDef(number, types[t], prios[p])
+    intid = None
+    if "intid" in d:
+        raw = d["intid"]
+        try:
+            if isinstance(raw, bool):
+                raise TypeError
+            intid = int(raw, 0) if isinstance(raw, str) else int(raw)
+        except (ValueError, TypeError):
+            raise ConfigError(f"{where}: 'intid' must be an integer") from None
+    return EventDef(number, types[t], prios[p], intid=intid)
 
 
 def load_config(path: Path | None, events: list[str], version: str | None,
                 private_slots: int | None, shared_slots: int | None) -> PlatformConfig:
+    return load_settings(path, events, version, private_slots, shared_slots).platform
+
+
+def load_settings(path: Path | None, events: list[str], version: str | None,
+                  private_slots: int | None, shared_slots: int | None,
+                  nmi_event: int | None = None) -> Settings:
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -65,7 +107,8 @@ def load_config(path: Path | None, events: list[str], version: str | None,
             raise ConfigError(f"cannot read {path}: {e.strerror}") from e
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{path}: {e}") from e
-        unknown = set(data) - {"sdei-version", "private-slots", "shared-slots", "event"}
+        unknown = set(data) - {"sdei-version", "private-slots", "shared-slots", "event",
+                               "nmi-event", "nmi_event"}
         if unknown:
             raise ConfigError(f"{path}: unknown keys {sorted(unknown)}")
     ver = version or str(data.get("sdei-version", "1.1"))
@@ -93,4 +136,14 @@ def load_config(path: Path | None, events: list[str], version: str | None,
         build_event_table(config)
     except ValueError as e:
         raise ConfigError(str(e)) from e
-    return config
+    if nmi_event is None:
+        nmi = data.get("nmi-event", data.get("nmi_event"))
+        if "nmi-event" in data and "nmi_event" in data:
+            raise ConfigError(f"{path}: nmi-event is given twice (nmi-event and nmi_event)")
+        if nmi is not None and (not isinstance(nmi, int) or isinstance(nmi, bool)):
+            raise ConfigError(f"{path}: nmi-event must be an integer, not {nmi!r}")
+        nmi_event = nmi
+    if nmi_event is not None and nmi_event not in seen:
+        raise ConfigError(f"--nmi-event {nmi_event} is not a static event (define it, e.g. "
+                          f"--event {nmi_event}:shared:critical)")
+    return Settings(config, nmi_event)

@@ -302,7 +302,8 @@ class ControlServer:
                    "type": "shared" if ev.type == EventType.SHARED else "private",
                    "priority": ev.priority.name.lower(),
                    "dynamic": ev.dynamic,
-                   **({"bound-intid": d.bound[ev.number]} if ev.number in d.bound else {})}
+                   **({"bound-intid": d.bound[ev.number]} if ev.number in d.bound else {}),
+                   **({"intid": ev.intid} if ev.intid is not None else {})}
                   for ev in sorted(d.events.values(), key=lambda e: e.number)
                   if not ev.dynamic or ev.number in d.bound]
         return {"pes": pes, "events": events, "registered": registered}

@@ -358,6 +358,10 @@ class Dispatcher:
             return Ret.INVALID_PARAMETERS
         if self.interceptable is not None and intid not in self.interceptable:
             return Ret.INVALID_PARAMETERS
+        if intid in self.state.static_lines.values():
+            # The platform's own (a static event's line): not available for
+            # binding, as TF-A answers for an interrupt not owned by the OS.
+            return Ret.INVALID_PARAMETERS
         if intid in self.by_intid:
             return self.by_intid[intid]
         want = EventType.PRIVATE if topo.is_ppi(intid) else EventType.SHARED
@@ -376,6 +380,8 @@ class Dispatcher:
     def _interrupt_release(self, pe: int, a: tuple[int, ...], pc: int, pstate: int,
                            fx: list[Effect]) -> int:
         ev = self._event(a[0])
+        if ev is not None and ev.intid is not None:
+            return Ret.DENIED       # a platform event's interrupt stays the platform's
         if ev is None or not ev.dynamic or ev.number not in self.bound:
             return Ret.INVALID_PARAMETERS
         for inst in self._instances(ev):
@@ -532,12 +538,13 @@ class Dispatcher:
         inst = self.instance(event, pe)
         inst.state = transition(inst.state, Action.DISPATCH)[0]
         inst.running_on = pe
-        if event not in self.bound:
+        intid = self.state.line_intid(event)
+        if intid is None:
             inst.pending = False    # an edge trigger is consumed by its dispatch
             self.pending.discard(key)
-        elif inst.pending:          # so is a latched pulse of a bound line
+        elif inst.pending:          # so is a latched pulse of a line
             inst.pending = False
-            if not self.levels.get(self._line_key(self.bound[event], pe)):
+            if not self.levels.get(self._line_key(intid, pe)):
                 self.pending.discard(key)
         client_el = inst.client_el
         sctlr, vbar = ((ctx.sctlr_el2, ctx.vbar_el2) if client_el == 2
@@ -734,6 +741,12 @@ class Dispatcher:
         self._schedule(effects)  # RM_ANY work this PE held goes elsewhere
         return tuple(effects)
 
+    def static_line_claims(self) -> tuple[Effect, ...]:
+        """Claims of the static events' lines: what a front-end must take
+        from the GIC at the handshake and again after a system reset."""
+        return tuple(ClaimLine(intid, pe) for intid in sorted(self.state.static_lines.values())
+                     for pe in self._line_pes(intid))
+
     def owned_lines(self) -> list[tuple[int, int]]:
         """Every (intid, pe) line the dispatcher owns, for re-assertion after
         a reconnect or a state load."""
@@ -759,7 +772,7 @@ class Dispatcher:
     def _drop_edge(self, event: int, pe: int) -> None:
         """Forget an edge trigger of an instance that is no longer registered
         (a line level stays: it is the device's state, not the event's)."""
-        if event not in self.bound:
+        if self.state.line_intid(event) is None:
             self.pending.discard(self._key(event, pe))
 
 

@@ -33,7 +33,7 @@ from sdeid.model.types import EventDef, PlatformConfig, Topology
 
 MAGIC = b"SDEISTAT"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 0
+FORMAT_MINOR = 1       # 1.1: static events may carry an INTID
 _HEAD = struct.Struct("<8sHHII")
 # A blob is bounded like any other wire payload; decompression is bounded too
 # so a hostile blob cannot balloon.
@@ -54,7 +54,10 @@ def to_data(d: DispatcherState) -> dict[str, Any]:
             "version_minor": d.config.version_minor,
             "private_slots": d.config.private_slots,
             "shared_slots": d.config.shared_slots,
+            # [number, type, priority] and, since format 1.1, the INTID
+            # of an interrupt-backed event as a fourth element.
             "static_events": [[e.number, int(e.type), int(e.priority)]
+                              + ([] if e.intid is None else [e.intid])
                               for e in d.config.static_events],
         },
         "pes": [
@@ -124,8 +127,7 @@ def from_data(s: dict[str, Any]) -> DispatcherState:
         version_minor=int(c["version_minor"]),
         private_slots=int(c["private_slots"]),
         shared_slots=int(c["shared_slots"]),
-        static_events=tuple(EventDef(int(n), EventType(t), Priority(p))
-                            for n, t, p in c["static_events"]),
+        static_events=tuple(_static_event(e) for e in c["static_events"]),
     )
     if len(s["pes"]) != topo.nr_pes or len(s["private"]) != topo.nr_pes:
         raise ValueError("per-PE lists do not match the topology")
@@ -152,3 +154,11 @@ def from_data(s: dict[str, Any]) -> DispatcherState:
         {int(ev): int(intid) for ev, intid in s["bound"].items()},
         {(int(intid), int(pe)): bool(lvl) for intid, pe, lvl in s["levels"]},
         {(int(ev), int(owner)) for ev, owner in s["pending"]})
+
+
+def _static_event(v: list[Any]) -> EventDef:
+    """[number, type, priority] (format 1.0) or [..., intid] (1.1)."""
+    if len(v) not in (3, 4):
+        raise ValueError(f"a static event with {len(v)} fields")
+    intid = int(v[3]) if len(v) == 4 else None
+    return EventDef(int(v[0]), EventType(v[1]), Priority(v[2]), intid=intid)

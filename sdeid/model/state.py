@@ -22,7 +22,16 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from sdeid.model.abi import MAX_NESTING, MPIDR_AFF_MASK, SIGNAL_EVENT, EventType, Priority
+from sdeid.model.abi import (
+    MAX_NESTING,
+    MPIDR_AFF_MASK,
+    PPI_FIRST,
+    PPI_LAST,
+    SIGNAL_EVENT,
+    SPI_FIRST,
+    EventType,
+    Priority,
+)
 from sdeid.model.states import State
 from sdeid.model.types import EventDef, PlatformConfig, Topology
 
@@ -181,24 +190,39 @@ class DispatcherState:
     shared: dict[int, Instance]
     # Dynamic bindings: event -> INTID.
     bound: dict[int, int]
-    # Levels of claimed lines, keyed (intid, pe); pe is 0 for SPIs.
+    # Levels of claimed lines (bound ones and the static events' lines),
+    # keyed (intid, pe); pe is 0 for SPIs.
     levels: dict[tuple[int, int], bool]
     # Instances with a trigger waiting (edge pending or line high).
     pending: set[tuple[int, int]]
     events: dict[int, EventDef] = field(init=False)
+    # Static events backed by a device interrupt: event -> INTID (config).
+    static_lines: dict[int, int] = field(init=False)
     by_intid: dict[int, int] = field(init=False)
     pe_by_aff: dict[int, int] = field(init=False)
 
     def __post_init__(self) -> None:
         self.events = build_event_table(self.config)
-        self.by_intid = {intid: ev for ev, intid in self.bound.items()}
+        self.static_lines = {e.number: e.intid for e in self.config.static_events
+                             if e.intid is not None}
+        self.by_intid = {intid: ev for ev, intid in self.static_lines.items()}
+        self.by_intid.update({intid: ev for ev, intid in self.bound.items()})
         self.pe_by_aff = {m & MPIDR_AFF_MASK: i for i, m in enumerate(self.topology.mpidrs)}
 
     @classmethod
     def fresh(cls, topology: Topology, config: PlatformConfig) -> DispatcherState:
         """The state of a freshly booted machine."""
-        return cls(topology, config, [PE(mpidr=m) for m in topology.mpidrs],
-                   [{} for _ in topology.mpidrs], {}, {}, {}, set())
+        state = cls(topology, config, [PE(mpidr=m) for m in topology.mpidrs],
+                    [{} for _ in topology.mpidrs], {}, {}, {}, set())
+        for intid in state.static_lines.values():   # owned from start-up, low
+            for pe in state.line_pes(intid):
+                state.levels[(intid, pe)] = False
+        return state
+
+    def line_intid(self, event: int) -> int | None:
+        """The INTID behind `event` (bound or static), if any."""
+        intid = self.bound.get(event)
+        return self.static_lines.get(event) if intid is None else intid
 
     # ---- lookups the rules and the checks share
 
@@ -233,7 +257,7 @@ class DispatcherState:
         triggers against their instances."""
         if len(self.pes) != self.topology.nr_pes or len(self.private) != self.topology.nr_pes:
             raise ValueError("per-PE lists do not match the topology")
-        if len(self.by_intid) != len(self.bound):
+        if len(self.by_intid) != len(self.bound) + len(self.static_lines):
             raise ValueError("two events are bound to one INTID")
         running: dict[int, int] = {}    # id(instance) -> PE whose frame holds it
         for pe, p in enumerate(self.pes):
@@ -286,7 +310,16 @@ class DispatcherState:
                   else self.topology.is_spi(intid))
             if not ok:
                 raise ValueError(f"event {ev} is bound to INTID {intid}, which it cannot be")
-        want_lines = {(intid, pe) for intid in self.bound.values()
+        for ev, intid in self.static_lines.items():
+            e = self.events[ev]
+            ok = (self.topology.is_ppi(intid) if e.type == EventType.PRIVATE
+                  else self.topology.is_spi(intid))
+            if not ok:
+                raise ValueError(f"static event {ev}'s INTID {intid} is not a "
+                                 f"{'PPI' if e.type == EventType.PRIVATE else 'SPI'} "
+                                 "of this topology")
+        want_lines = {(intid, pe) for intid in (*self.bound.values(),
+                                                *self.static_lines.values())
                       for pe in self.line_pes(intid)}
         if set(self.levels) != want_lines:
             extra = sorted(set(self.levels) ^ want_lines)[:3]
@@ -296,8 +329,8 @@ class DispatcherState:
             if pdef is None or (owner == SHARED) != (pdef.type == EventType.SHARED) or not (
                     owner == SHARED or 0 <= owner < len(self.pes)):
                 raise ValueError(f"pending trigger ({ev}, {owner}) names no instance")
-            if ev in self.bound:
-                continue   # a bound line is pending while high, registered or not
+            if self.line_intid(ev) is not None:
+                continue   # a line is pending while high, registered or not
             inst = self.peek(ev, owner)
             if inst is None or not inst.pending:
                 raise ValueError(f"pending trigger ({ev}, {owner}) has no triggered instance")
@@ -306,6 +339,7 @@ class DispatcherState:
 def build_event_table(config: PlatformConfig) -> dict[int, EventDef]:
     """Event 0, the platform's static events, and the dynamic slots."""
     events = {SIGNAL_EVENT: EventDef(SIGNAL_EVENT, EventType.PRIVATE, Priority.NORMAL)}
+    lines: dict[int, int] = {}
     for i in range(config.private_slots):
         n = config.PRIVATE_SLOT_BASE + i
         events[n] = EventDef(n, EventType.PRIVATE, Priority.NORMAL, slot=i)
@@ -317,5 +351,19 @@ def build_event_table(config: PlatformConfig) -> dict[int, EventDef]:
             raise ValueError(f"static event {ev.number} collides with event 0 or a bind slot")
         if not 0 < ev.number < 2**31:
             raise ValueError(f"event number {ev.number} out of range 1..2^31-1")
+        if ev.slot is not None:
+            raise ValueError(f"static event {ev.number} has a bind slot")
+        if ev.intid is not None:
+            # Shared events take SPIs, private ones PPIs (DEN0054, TF-A).
+            lo, hi, kind = ((PPI_FIRST, PPI_LAST, "a PPI (16..31)")
+                            if ev.type == EventType.PRIVATE else
+                            (SPI_FIRST, SPI_FIRST + 987, "an SPI (32..1019)"))
+            if not lo <= ev.intid <= hi:
+                raise ValueError(f"static event {ev.number}: intid {ev.intid} is not "
+                                 f"{kind}, as a {ev.type.name.lower()} event needs")
+            if ev.intid in lines:
+                raise ValueError(f"static events {lines[ev.intid]} and {ev.number} "
+                                 f"share intid {ev.intid}")
+            lines[ev.intid] = ev.number
         events[ev.number] = ev
     return events

@@ -145,12 +145,15 @@ class Topology:
 class EventDef:
     """An event the platform offers.  `slot` is set for events that
     INTERRUPT_BIND hands out (dynamic events); they exist from start-up but
-    cannot be registered until bound."""
+    cannot be registered until bound.  `intid` is set for a static event
+    backed by a device interrupt (an SPI for a shared event, a PPI for a
+    private one): the dispatcher owns that line from start-up."""
 
     number: int
     type: EventType
     priority: Priority = Priority.NORMAL
     slot: int | None = None
+    intid: int | None = None
 
     @property
     def dynamic(self) -> bool:

@@ -47,8 +47,9 @@ class Daemon2:
     protocol = spec.PROTOCOL_VERSION
 
     def __init__(self, config: PlatformConfig, *, state_file: Path | None = None,
-                 allowed_uids: set[int] | None = None, allow_any_uid: bool = False) -> None:
-        self.backend = s.Backend(config)
+                 allowed_uids: set[int] | None = None, allow_any_uid: bool = False,
+                 nmi_event: int | None = None) -> None:
+        self.backend = s.Backend(config, nmi_event=nmi_event)
         self.state = DaemonState.STARTING
         # Bounded: a front-end that reconnects forever must not grow it.
         self.state_history: deque[DaemonState] = deque([self.state], maxlen=64)
@@ -83,7 +84,8 @@ class Daemon2:
 
     @property
     def extra_stats(self) -> dict[str, int]:
-        return dict(self.record_stats, **{"error-records-queued": self._queued})
+        return dict(self.record_stats, **{"error-records-queued": self._queued},
+                    **self.backend.nmi_stats)
 
     @property
     def active(self) -> Any:

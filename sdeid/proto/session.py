@@ -28,6 +28,7 @@ from typing import Any
 
 from sdeid import trace as tr
 from sdeid.errors import ConnectionLog, StateError
+from sdeid.model.abi import EventType, Ret
 from sdeid.model.dispatcher import Dispatcher
 from sdeid.model.types import (
     REG_ELR,
@@ -198,6 +199,12 @@ class Backend:
     replies: dict[int, StoredReply] = field(default_factory=dict)
     # Most state blobs are tiny; this bounds what LOAD_STATE will read.
     max_blob: int = 16 * 1024 * 1024
+    # The static event QEMU's NMI (inject-nmi, a watchdog action) triggers;
+    # None: NMIs are reported and refused.
+    nmi_event: int | None = None
+    # NMIs seen and what became of them (query-stats; not state).
+    nmi_stats: dict[str, int] = field(default_factory=lambda: {
+        "nmi-received": 0, "nmi-delivered": 0, "nmi-refused": 0})
 
 
 def to_reply(op: int, seq: int, u: RegisterUpdate, pull: bool) -> c.VcpuReply:
@@ -316,6 +323,9 @@ class Session:
             out.append(Observed("SDEI_RESET", {}))
             out.append(SendControl(c.encode_control("RESET", {"status": 0}, tag=f.tag,
                                                     reply=True)))
+            # The front-end handed every line back: the static events'
+            # lines are the platform's again from the fresh boot on.
+            self._effects(d.static_line_claims(), out)
         elif f.name == "SAVE_STATE":
             out.append(WriteBlob(self._hand(f.fds[0]), d.snapshot()))
             out.append(SendControl(c.encode_control("SAVE_STATE", {"status": 0}, tag=f.tag,
@@ -323,9 +333,38 @@ class Session:
         elif f.name == "LOAD_STATE":
             out.append(ReadBlob(self._hand(f.fds[0]), f.tag))
         elif f.name == "NMI":
-            out.append(Observed("SDEI_NMI", {"cpu": f.fields["cpu"]}))
+            self._nmi(f.fields["cpu"], out)
         else:  # pragma: no cover - the reader only passes fe->be requests
             raise AssertionError(f.name)
+
+    def _nmi(self, cpu: int, out: list[Output]) -> None:
+        """QEMU's NMI interface fired for vCPU `cpu`: trigger the configured
+        event as an operator's sdei-trigger does (committed, exactly once),
+        on `cpu` for a private event.  Reported either way; never dropped."""
+        b = self.backend
+        b.nmi_stats["nmi-received"] += 1
+        event = b.nmi_event
+        data: dict[str, Any] = {"cpu": cpu, "event": event}
+        if event is None:
+            ret = None
+            data.update(status=None, delivered=False,
+                        reason="no NMI event configured (sdeid --nmi-event N)")
+        else:
+            ev = self.dispatcher.events.get(event)
+            pe = cpu if ev is not None and ev.type == EventType.PRIVATE else None
+            ret, trig = self.trigger(event, pe)
+            out.extend(trig)
+            data.update(status=ret, delivered=ret == 0)
+            if ret:
+                data["reason"] = (f"event {event} cannot be triggered: {Ret(ret).name}"
+                                  + (" (the guest has not registered it)"
+                                     if ret == Ret.DENIED else ""))
+        b.nmi_stats["nmi-delivered" if data["delivered"] else "nmi-refused"] += 1
+        if not data["delivered"]:
+            self.log.warning("NMI for CPU %d refused: %s", cpu, data["reason"])
+        else:
+            self.log.info("NMI for CPU %d: event %d triggered", cpu, event)
+        out.append(Observed("SDEI_NMI", data))
 
     def _line(self, intid: int, pe: int, level: int, edges: int, out: list[Output]) -> None:
         self._effects(self.dispatcher.line_level(intid, pe, bool(level), edges), out)
@@ -350,16 +389,35 @@ class Session:
             return refuse("EINVAL", f"{v['nr_pes']} PEs (1 to {spec.MAX_PES} supported)")
         if v["nr_spis"] > spec.MAX_SPIS:
             return refuse("EINVAL", f"{v['nr_spis']} SPIs (at most {spec.MAX_SPIS})")
+        features = v["features"] & SUPPORTED_FEATURES
+        lines = frozenset(
+            w * 64 + b for w, word in enumerate(v["lines"]) for b in range(64) if word >> b & 1)
+        static = self._static_lines()
+        for event, intid in sorted(static.items()):
+            if not features & spec.FEATURES["LINES"]:
+                return refuse("ENOTSUP", f"static event {event} needs INTID {intid}, and the "
+                              "front-end intercepts no line (feature LINES not offered)")
+            if intid not in lines or (intid >= 32 and intid >= 32 + v["nr_spis"]):
+                return refuse("ENOTSUP", f"static event {event} needs INTID {intid}, which "
+                              "the front-end cannot intercept")
         self.nr_pes = v["nr_pes"]
         self.instance = v["instance"]
-        self.features = v["features"] & SUPPORTED_FEATURES
-        self.lines = frozenset(
-            w * 64 + b for w, word in enumerate(v["lines"]) for b in range(64) if word >> b & 1)
+        self.features = features
+        self.lines = lines
         self._nr_spis = v["nr_spis"]
         out.append(SendControl(c.encode_control(
             "HELLO", {"version": spec.PROTOCOL_VERSION, "status": 0, "features": self.features},
             tag=f.tag, reply=True)))
         self._set_state(ConnState.AWAIT_CHANNELS)
+
+    def _static_lines(self) -> dict[int, int]:
+        """event -> INTID of the static events behind a device interrupt
+        (of the state held, which a restored blob may have brought)."""
+        d = self.backend.dispatcher
+        if d is not None:
+            return dict(d.state.static_lines)
+        return {e.number: e.intid for e in self.backend.config.static_events
+                if e.intid is not None}
 
     def _channel(self, f: c.ControlFrame, out: list[Output]) -> None:
         pe, mpidr = f.fields["pe"], f.fields["mpidr"]
