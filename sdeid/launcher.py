@@ -258,7 +258,8 @@ class Launch:
                  keep_dir: str | Path | None = None, capture_output: bool = False,
                  echo: IO[str] | None = None, console_input: bool = False,
                  ready_timeout: float = 30.0,
-                 kill_grace: float = 5.0, daemon_grace: float = 2.0) -> None:
+                 kill_grace: float = 5.0, daemon_grace: float = 2.0,
+                 monitor: str | Path | None = None) -> None:
         if conduit not in ("hvc", "smc"):
             raise ValueError(f"conduit must be 'hvc' or 'smc', not {conduit!r}")
         if firmware not in ("dt", "uefi"):
@@ -285,6 +286,9 @@ class Launch:
         self.ready_timeout = ready_timeout
         self.kill_grace = kill_grace
         self.daemon_grace = daemon_grace
+        # QEMU's own QMP monitor for the operator (inject-nmi, ...): at
+        # `monitor`, else monitor.sock in the working directory.
+        self.monitor = Path(monitor) if monitor is not None else None
 
         self.workdir: Path | None = None
         self.daemon_proc: subprocess.Popen[bytes] | None = None
@@ -297,6 +301,7 @@ class Launch:
         self._logs: list[IO[bytes]] = []
         self._daemon_exit_seen: float | None = None
         self._qmp_listener: socket.socket | None = None
+        self._mon_listener: socket.socket | None = None
 
     # ----------------------------------------------------------- paths
 
@@ -315,6 +320,16 @@ class Launch:
     @property
     def qmp_path(self) -> Path:
         return self._path("qmp.sock")
+
+    @property
+    def monitor_path(self) -> Path:
+        """QEMU's QMP monitor for the operator (not the daemon's hooks)."""
+        return self.monitor if self.monitor is not None else self._path("monitor.sock")
+
+    def qemu_monitor(self, timeout: float = 10.0) -> ControlClient:
+        """A new QMP connection to QEMU's operator monitor (close it), e.g.
+        `vm.qemu_monitor().execute("inject-nmi")`."""
+        return ControlClient(self.monitor_path, timeout)
 
     @property
     def daemon_log(self) -> Path:
@@ -361,6 +376,24 @@ class Launch:
         self._qmp_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._qmp_listener.bind(str(self.qmp_path))
         self._qmp_listener.listen(1)
+        # The operator's monitor listens before QEMU starts too, so the
+        # path printed is usable at once (connections queue until QEMU).
+        mon = self.monitor_path
+        if len(str(mon)) > SUN_PATH_MAX:
+            raise LaunchError(f"monitor path {mon} is too long for a Unix socket")
+        if mon.exists() or mon.is_symlink():
+            if not mon.is_socket():
+                raise LaunchError(f"monitor path {mon} exists and is not a socket")
+            mon.unlink()
+        self._mon_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            self._mon_listener.bind(str(mon))
+        except OSError as e:
+            raise LaunchError(f"cannot listen on {mon}: {e.strerror}") from e
+        finally:
+            os.umask(old_umask)
+        self._mon_listener.listen(1)
         self._start_daemon()
         self.qemu_command = [qemu, *self._qemu_argv()]
         self._start_qemu()
@@ -444,6 +477,12 @@ class Launch:
             + (f",{self.device_props}" if self.device_props else ""),
             "-chardev", f"socket,id=qmp0,fd={self._qmp_listener.fileno()},server=on,wait=off",
             "-mon", "chardev=qmp0,mode=control",
+        ]
+        if self._mon_listener is not None:
+            argv += ["-chardev",
+                     f"socket,id=mon1,fd={self._mon_listener.fileno()},server=on,wait=off",
+                     "-mon", "chardev=mon1,mode=control"]
+        argv += [
             "-no-reboot",
         ]
         if self.firmware == "uefi":
@@ -465,12 +504,17 @@ class Launch:
         try:
             self.qemu_proc = subprocess.Popen(
                 self.qemu_command, stdin=stdin, stdout=stdout, stderr=stderr,
-                pass_fds=(self._qmp_listener.fileno(),), preexec_fn=_pdeathsig())
+                pass_fds=(self._qmp_listener.fileno(),
+                          *(() if self._mon_listener is None
+                            else (self._mon_listener.fileno(),))),
+                preexec_fn=_pdeathsig())
         except OSError as e:
             raise LaunchError(f"cannot start QEMU: {e.strerror}",
                               command=self.qemu_command) from e
         finally:
             self._qmp_listener.close()      # QEMU has its own copy now
+            if self._mon_listener is not None:
+                self._mon_listener.close()
         if self.capture_output:
             assert self.qemu_proc.stdout is not None
             self._reader = threading.Thread(target=self._read_console,
@@ -671,6 +715,8 @@ class Launch:
         directory unless it was given with keep_dir.  Idempotent."""
         if self._qmp_listener is not None:
             self._qmp_listener.close()
+        if self._mon_listener is not None:
+            self._mon_listener.close()
         try:
             self._stop(self.qemu_proc, self.kill_grace)
         finally:
@@ -689,6 +735,12 @@ class Launch:
                 for f in self._logs:
                     f.close()
                 self._logs.clear()
+                if self.monitor is not None and self._mon_listener is not None:
+                    try:
+                        if self.monitor.is_socket():
+                            self.monitor.unlink()
+                    except OSError:
+                        pass
                 if self.workdir is not None and self.keep_dir is None:
                     shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -720,6 +772,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sdei-device-props", default="", metavar="PROPS",
                     help="extra properties of the smccc-user device, e.g. ghes-event=100 "
                     "(with --firmware uefi: a HEST error source notified by that event)")
+    ap.add_argument("--monitor", type=Path, metavar="PATH",
+                    help="QEMU's own QMP monitor for the operator at PATH (inject-nmi and "
+                    "other QEMU commands); default: monitor.sock in the working directory")
     ap.add_argument("--keep-dir", type=Path, metavar="DIR",
                     help="put the sockets (and firmware variables) in DIR and keep it")
     ap.add_argument("--timeout", type=float, metavar="SECONDS",
@@ -747,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
     launch = Launch(qemu_args, qemu=args.qemu, smp=args.smp, memory=args.memory,
                     conduit=args.conduit, firmware=args.firmware,
                     sdeid_args=args.sdeid_arg, device_props=args.sdei_device_props,
-                    protocol=args.protocol, keep_dir=args.keep_dir)
+                    protocol=args.protocol, keep_dir=args.keep_dir, monitor=args.monitor)
     got: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -762,6 +817,8 @@ def main(argv: list[str] | None = None) -> int:
             launch.start()
             print(f"{PROG}: control socket {launch.control_path} "
                   f"(e.g. qmp-shell {launch.control_path})", file=sys.stderr, flush=True)
+            print(f"{PROG}: QEMU monitor {launch.monitor_path} "
+                  f"(QMP: e.g. inject-nmi)", file=sys.stderr, flush=True)
             code = launch.wait(args.timeout)
         except _Interrupted:
             code = -1

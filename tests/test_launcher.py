@@ -419,3 +419,18 @@ def test_socket_path_too_long(fake_qemu: str, tmp_path: Path) -> None:
     with pytest.raises(LaunchError, match="too long"):
         Launch(qemu=fake_qemu, protocol=2, keep_dir=deep).start()
 
+
+
+def test_cli_monitor_gives_the_operator_qemus_own_qmp(fake_qemu: str, tmp_path: Path) -> None:
+    mon = tmp_path / "vm-qmp.sock"
+    p = run_cli(["--qemu", fake_qemu, "--monitor", str(mon), "--"], "exit:0")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert f"QEMU monitor {mon}" in err
+    argv = fake_argv(out)
+    chardevs = [argv[i + 1] for i, a in enumerate(argv) if a == "-chardev"]
+    assert re.fullmatch(r"socket,id=mon1,fd=\d+,server=on,wait=off", chardevs[2])
+    mons = [argv[i + 1] for i, a in enumerate(argv) if a == "-mon"]
+    assert mons == ["chardev=qmp0,mode=control", "chardev=mon1,mode=control"]
+    assert wait_gone(daemon_pid(out))
+    assert not mon.exists()         # removed with the run
