@@ -41,7 +41,7 @@ RESULT = re.compile(r"^SDEI-TEST (\S+) (PASS|FAIL)(?: (.*))?$")
 SUMMARY = re.compile(r"^SDEI-TEST-SUMMARY passed=(\d+) failed=(\d+)$")
 TRIGGER = re.compile(r"^SDEI-WAIT-TRIGGER (\d+)(?: (\d+))?$")
 HOST_STEP = re.compile(r"^SDEI-WAIT-HOST (\d+)$")
-NAMED_ONLY = ("bench_", "outage_")     # src/harness.c: run only when named
+NAMED_ONLY = ("bench_", "outage_", "nmi_")     # src/harness.c: run only when named
 
 
 def _skip_requested() -> bool:

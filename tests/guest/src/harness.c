@@ -157,13 +157,15 @@ static void run_one(const struct test_case *tc)
 
 /*
  * bootargs "tests=a,b,c": is `name` selected?  No tests= means every case
- * except the bench_* measurements and the outage_* cases (which need a host
- * that stops and restarts sdeid), which run only when named.
+ * except the bench_* measurements, the outage_* cases (which need a host
+ * that stops and restarts sdeid) and the nmi_* cases (which need sdeid's
+ * --nmi-event and an interrupt-backed event), which run only when named.
  */
 static bool selected(const char *sel, const char *name)
 {
     if (!sel)
-        return strncmp(name, "bench_", 6) != 0 && strncmp(name, "outage_", 7) != 0;
+        return strncmp(name, "bench_", 6) != 0 && strncmp(name, "outage_", 7) != 0
+               && strncmp(name, "nmi_", 4) != 0;
     size_t n = strlen(name);
     for (const char *p = sel; *p && *p != ' ';) {
         const char *e = p;
