@@ -49,7 +49,7 @@ async def run(fn: Callable[..., Any], *args: Any) -> Any:
     return await asyncio.to_thread(fn, *args)
 
 
-async def until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+async def until(cond: Callable[[], bool], timeout: float = 20.0) -> None:
     """Wait for a condition the daemon reaches asynchronously (no sleeps as proof)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout

@@ -82,7 +82,7 @@ def pid_gone(pid: int) -> bool:
         return True
 
 
-def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+def wait_gone(pid: int, timeout: float = 30.0) -> bool:
     deadline = time.monotonic() + timeout
     while not pid_gone(pid):
         if time.monotonic() > deadline:
