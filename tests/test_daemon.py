@@ -549,3 +549,26 @@ async def test_a_stop_while_connected_never_goes_back_to_listening(daemon: Daemo
     assert list(daemon.state_history)[-3:] == [DaemonState.CONNECTED, DaemonState.STOPPING,
                                                DaemonState.STOPPED]
     assert daemon.state == DaemonState.STOPPED
+
+
+async def test_a_state_file_of_another_configuration_is_refused_at_start(
+        tmp_path: Path) -> None:
+    """The events and slots are the guest's ABI: a journal written under one
+    configuration must not be served under another, silently."""
+    from sdeid.errors import ConfigError
+    from sdeid.model.types import PlatformConfig
+
+    state = tmp_path / "state"
+    d = Daemon2(config(), state_file=state)
+    await d.listen_path(tmp_path / "a.sock")
+    fe = await connect(d)
+    assert await run(fe.ret, 0, Fid.EVENT_REGISTER, SHARED_EV, EP, 7, 0, 0) == 0
+    await close(d, fe)
+    await d.close()
+    other = PlatformConfig(static_events=config().static_events[1:])
+    with pytest.raises(ConfigError, match="another platform configuration"):
+        Daemon2(other, state_file=state)
+    again = Daemon2(config(), state_file=state)     # the same one is served
+    assert again.backend.dispatcher is not None
+    assert again.backend.dispatcher.shared[SHARED_EV].state.registered
+    await again.close()

@@ -65,7 +65,17 @@ class Daemon2:
                 n = self.journal.load(self.backend)
             except StateError as e:
                 raise ConfigError(f"cannot restore {state_file}: {e}") from e
-            if self.backend.dispatcher is not None:
+            restored = self.backend.dispatcher
+            if restored is not None and restored.config != self.backend.config:
+                # The events, slots and version are the guest's ABI: a state
+                # written under other ones would be served under the wrong
+                # configuration, silently.
+                raise ConfigError(
+                    f"{state_file} was written with another platform configuration "
+                    f"({_describe(restored.config)}) than this one "
+                    f"({_describe(self.backend.config)}); start with the same --event, "
+                    "--config, --sdei-version and slot options, or remove the file")
+            if restored is not None:
                 log.info("restored dispatcher state from %s (%d journal records)",
                          state_file, n)
             self.journal.open(self.backend)
@@ -275,3 +285,11 @@ class Daemon2:
         self.events.append(ev)
         for listener in list(self.listeners):
             listener(ev)
+
+
+def _describe(config: PlatformConfig) -> str:
+    events = ",".join(f"{e.number}:{e.type.name.lower()}:{e.priority.name.lower()}"
+                      + (f":intid={e.intid}" if e.intid is not None else "")
+                      for e in config.static_events) or "none"
+    return (f"SDEI 1.{config.version_minor}, {config.private_slots}/{config.shared_slots} "
+            f"bind slots, static events {events}")
