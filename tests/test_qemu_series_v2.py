@@ -155,6 +155,23 @@ def test_device_is_listed(qemu_core: str) -> None:
     assert re.search(r'name "smccc-user"', out.stdout), out.stdout[-2000:]
 
 
+def test_the_device_qtest_passes(qemu_core: str) -> None:
+    """The series' own qtest (patch 0014: a back-end played by the test,
+    handshake, calls, bad frames), built in the stepwise tree's last step
+    and run against that binary, as QEMU's `make check-qtest` would."""
+    build = Path(qemu_core).parent
+    made = subprocess.run(["ninja", "-C", str(build), "tests/qtest/smccc-user-test"],
+                          capture_output=True, text=True, timeout=1800,
+                          stdin=subprocess.DEVNULL)
+    assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
+    out = subprocess.run([str(build / "tests/qtest/smccc-user-test")], capture_output=True,
+                         text=True, timeout=300, stdin=subprocess.DEVNULL,
+                         env=dict(os.environ, QTEST_QEMU_BINARY=qemu_core))
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert re.search(r"^ok 1 /aarch64/smccc-user/protocol$", out.stdout, re.M), out.stdout
+    assert "not ok" not in out.stdout, out.stdout
+
+
 @pytest.mark.parametrize("conduit", ["hvc", "smc"])
 def test_core_series_carries_sdei_calls(qemu_core: str, guest_image: Path, conduit: str,
                                         tmp_path: Path) -> None:
