@@ -109,6 +109,36 @@ static u64 stamp_handler(struct sdei_record *rec, void *data)
 static const struct sdei_handler h_stamp = { stamp_handler, (void *)0 };
 static const struct sdei_handler h_stamp_timer = { stamp_handler, (void *)1 };
 
+/*
+ * The EL1 physical timer bound as an event, N_EVENTS times: from the compare
+ * value the timer fires at until the handler runs, into samples[].  The PE
+ * spins meanwhile, or with `wfi` waits in WFI (IRQs stay masked: only the
+ * dispatch wakes it).
+ */
+static void timer_rounds(bool wfi)
+{
+    s64 ev = sdei_interrupt_bind(PPI_PTIMER);
+
+    ASSERT_TRUE(ev > 0);
+    ASSERT_EQ(sdei_event_register((u32)ev, sdei_entry_point(), (u64)&h_stamp_timer, 0, 0), 0);
+    ASSERT_EQ(sdei_event_enable((u32)ev), 0);
+    ASSERT_EQ(sdei_call0(SDEI_PE_UNMASK), 0);
+    for (unsigned i = 0; i < N_EVENTS; i++) {
+        entered_at = 0;
+        ptimer_arm(timer_freq() / 2000);      /* fires in 0.5 ms */
+        u64 fire = read_sysreg(cntp_cval_el0);
+        u64 deadline = fire + timer_freq();
+        while (!entered_at && cntpct() < deadline) {
+            if (wfi)
+                __asm__ volatile("wfi");
+        }
+        ASSERT_TRUE(entered_at != 0);
+        samples[i] = entered_at > fire ? entered_at - fire : 0;
+    }
+    ASSERT_EQ(sdei_event_unregister((u32)ev), 0);
+    ASSERT_EQ(sdei_interrupt_release((u32)ev), 0);
+}
+
 TEST_TIMEOUT(bench_delivery, 60000000)
 {
     u64 mpidr = read_sysreg(mpidr_el1) & 0xff00ffffffull;
@@ -130,23 +160,8 @@ TEST_TIMEOUT(bench_delivery, 60000000)
     report("deliver_signal", samples, N_EVENTS);
     ASSERT_EQ(sdei_event_unregister(0), 0);
 
-    s64 ev = sdei_interrupt_bind(PPI_PTIMER);
-    ASSERT_TRUE(ev > 0);
-    ASSERT_EQ(sdei_event_register((u32)ev, sdei_entry_point(), (u64)&h_stamp_timer, 0, 0), 0);
-    ASSERT_EQ(sdei_event_enable((u32)ev), 0);
-    for (unsigned i = 0; i < N_EVENTS; i++) {
-        entered_at = 0;
-        ptimer_arm(timer_freq() / 2000);      /* fires in 0.5 ms */
-        u64 fire = read_sysreg(cntp_cval_el0);
-        u64 deadline = fire + timer_freq();
-        while (!entered_at && cntpct() < deadline)
-            ;
-        ASSERT_TRUE(entered_at != 0);
-        samples[i] = entered_at > fire ? entered_at - fire : 0;
-    }
+    timer_rounds(false);
     report("deliver_timer_ppi", samples, N_EVENTS);
-    ASSERT_EQ(sdei_event_unregister((u32)ev), 0);
-    ASSERT_EQ(sdei_interrupt_release((u32)ev), 0);
     sdei_quiesce();
 }
 
@@ -202,22 +217,13 @@ TEST_TIMEOUT(bench_two_pe_calls, 60000000)
 /* ---- delivery to another PE, busy or in WFI */
 
 static volatile u32 rem_ready, rem_quit, rem_wfi;
-static volatile u64 rem_entered;
-
-static u64 rem_handler(struct sdei_record *rec, void *data)
-{
-    rem_entered = cntpct();
-    return SDEI_EV_HANDLED;
-}
-
-static const struct sdei_handler h_rem = { rem_handler, (void *)0 };
 
 static void rem_fn(void *arg)
 {
     u64 dl = deadline_us(60000000);
 
     sdei_private_reset();
-    if (sdei_event_register(0, sdei_entry_point(), (u64)&h_rem, 0, 0) ||
+    if (sdei_event_register(0, sdei_entry_point(), (u64)&h_stamp, 0, 0) ||
         sdei_event_enable(0) || sdei_call0(SDEI_PE_UNMASK)) {
         return;
     }
@@ -235,7 +241,7 @@ static void rem_fn(void *arg)
 static bool rem_round(u64 target, unsigned n, u64 *s)
 {
     for (unsigned i = 0; i < n; i++) {
-        rem_entered = 0;
+        entered_at = 0;
         /* Give an idle target time to be back in WFI after the last one. */
         u64 settle = cntpct() + timer_freq() / 2000;
         while (cntpct() < settle)
@@ -243,23 +249,12 @@ static bool rem_round(u64 target, unsigned n, u64 *s)
         u64 t0 = cntpct();
         if (sdei_event_signal(0, target) != 0)
             return false;
-        if (!WAIT_FOR(rem_entered != 0, 1000000))
+        if (!WAIT_FOR(entered_at != 0, 1000000))
             return false;
-        s[i] = rem_entered - t0;
+        s[i] = entered_at - t0;
     }
     return true;
 }
-
-static volatile u64 wfi_entered;
-
-static u64 wfi_timer_handler(struct sdei_record *rec, void *data)
-{
-    wfi_entered = cntpct();
-    ptimer_stop();
-    return SDEI_EV_HANDLED;
-}
-
-static const struct sdei_handler h_wfi_timer = { wfi_timer_handler, (void *)0 };
 
 TEST_TIMEOUT(bench_delivery_remote, 120000000)
 {
@@ -280,24 +275,8 @@ TEST_TIMEOUT(bench_delivery_remote, 120000000)
     sdei_event_signal(0, target);
     ASSERT_TRUE(cpu_wait_off(1, 2000000));
 
-    /* The bound timer, with this PE waiting in WFI (IRQs stay masked). */
-    s64 ev = sdei_interrupt_bind(PPI_PTIMER);
-    ASSERT_TRUE(ev > 0);
-    ASSERT_EQ(sdei_event_register((u32)ev, sdei_entry_point(), (u64)&h_wfi_timer, 0, 0), 0);
-    ASSERT_EQ(sdei_event_enable((u32)ev), 0);
-    ASSERT_EQ(sdei_call0(SDEI_PE_UNMASK), 0);
-    for (unsigned i = 0; i < N_EVENTS; i++) {
-        wfi_entered = 0;
-        ptimer_arm(timer_freq() / 2000);
-        u64 fire = read_sysreg(cntp_cval_el0);
-        u64 deadline = fire + timer_freq();
-        while (!wfi_entered && cntpct() < deadline)
-            __asm__ volatile("wfi");
-        ASSERT_TRUE(wfi_entered != 0);
-        samples[i] = wfi_entered > fire ? wfi_entered - fire : 0;
-    }
+    /* The bound timer, with this PE waiting in WFI. */
+    timer_rounds(true);
     report("deliver_timer_ppi_wfi", samples, N_EVENTS);
-    ASSERT_EQ(sdei_event_unregister((u32)ev), 0);
-    ASSERT_EQ(sdei_interrupt_release((u32)ev), 0);
     sdei_quiesce();
 }

@@ -88,17 +88,7 @@ static void rtc_fire_now(void)
     }
 }
 
-/* UART receive (the host's acknowledgement channel). */
-#define UARTDR      0x00
-#define UARTFR      0x18
-#define FR_RXFE     BIT(4)
-
-static int uart_getc_nowait(void)
-{
-    if (readl(UART0_BASE + UARTFR) & FR_RXFE)
-        return -1;
-    return readl(UART0_BASE + UARTDR) & 0xff;
-}
+/* UART receive (uart_getc_nowait) is the host's acknowledgement channel. */
 
 /*
  * Acknowledgements are lines "+<event>" or "!<event>". They are tagged
@@ -1377,51 +1367,6 @@ TEST_TIMEOUT(conf_priorities, 60000000)
 }
 
 /* ------------------------------------------------------- back-end outage */
-
-/*
- * The back-end stalls, dies and comes back while this guest runs (driven by
- * tests/test_qemu_series.py; runs only when named).  Each step is announced
- * as SDEI-WAIT-HOST <step> and the host answers "+<step>" when done:
- *   1: sdeid is stopped (SIGSTOP).  Our next call gets no reply: QEMU gives
- *      up after its reply timeout, drops the back-end and answers
- *      NOT_SUPPORTED instead of hanging the vCPU.
- *   2: sdeid continues and QEMU reconnects (reconnect-ms): calls work again
- *      and our registration is still there.
- *   3: sdeid was killed and a new one started from its --state-file, and
- *      QEMU reconnected: the registration survived, and a trigger of the
- *      event reaches our handler.
- */
-TEST_TIMEOUT(outage_backend, 120000000)
-{
-    sdei_clean();
-    hs_reset();
-    ASSERT_EQ(sdei_event_register(EV_SHARED_NORMAL, EP, ARG(h_count),
-                                  SDEI_EVENT_REGISTER_RM_ANY, 0), 0);
-    ASSERT_EQ(sdei_event_enable(EV_SHARED_NORMAL), 0);
-    ASSERT_EQ(sdei_pe_unmask(), 0);
-
-    if (!host_wait("HOST", 1, -1, 30000000))
-        return;
-    u64 t0 = timer_count();
-    EXPECT_EQ(sdei_version(), SDEI_NOT_SUPPORTED);
-    printf("  [outage_backend] a call to a stalled back-end returned after %lu ms\n",
-           ticks_to_ns(timer_count() - t0) / 1000000);
-
-    if (!host_wait("HOST", 2, -1, 60000000))
-        return;
-    /* The host saw the daemon report a connection, but that may still have
-     * been the old one, which the daemon had not yet found closed. */
-    EXPECT_WAIT(sdei_version() > 0, 10000000);
-    EXPECT_EQ(sdei_event_status(EV_SHARED_NORMAL), ST_REG | ST_EN);
-
-    if (!host_wait("HOST", 3, -1, 60000000))
-        return;
-    EXPECT_EQ(sdei_event_status(EV_SHARED_NORMAL), ST_REG | ST_EN);
-    if (host_trigger(EV_SHARED_NORMAL, -1))
-        EXPECT_WAIT(atomic_read(&hs.total) == 1, 5000000);
-    EXPECT_EQ(hs.last[0].x[0], EV_SHARED_NORMAL);
-    sdei_clean();
-}
 
 /*
  * The v2 front-end (smccc-user) under a back-end outage: a call made while

@@ -305,21 +305,6 @@ static u64 diff_handler(struct sdei_record *rec, void *data)
 
 /* ------------------------------------------------------------ the run */
 
-static u64 bootarg(const char *name, u64 dflt)
-{
-    const char *args = fdt_getprop_str("/chosen", "bootargs");
-    size_t n = strlen(name);
-    for (const char *p = args; p && *p; p++) {
-        if ((p == args || p[-1] == ' ') && !strncmp(p, name, n) && p[n] == '=') {
-            u64 v = 0;
-            for (p += n + 1; *p >= '0' && *p <= '9'; p++)
-                v = v * 10 + (u64)(*p - '0');
-            return v;
-        }
-    }
-    return dflt;
-}
-
 /* diff.trace=PE:FROM:COUNT */
 static void trace_arg(unsigned cpu, u64 *from, u64 *to)
 {
@@ -346,21 +331,7 @@ static void trace_arg(unsigned cpu, u64 *from, u64 *to)
 
 static bool go_line(void)
 {
-    static char line[16];
-    static unsigned len;
-
-    while (!(readl(UART0_BASE + 0x18) & (1u << 4))) {       /* UARTFR.RXFE clear */
-        char c = (char)(readl(UART0_BASE + 0x00) & 0xff);
-        if (c == '\r' || c == '\n') {
-            line[len] = '\0';
-            len = 0;
-            if (!strcmp(line, "GO"))
-                return true;
-        } else if (len < sizeof(line) - 1) {
-            line[len++] = c;
-        }
-    }
-    return false;
+    return uart_line_is("GO");
 }
 
 static void diff_run(unsigned cpu)
@@ -419,9 +390,9 @@ TEST_TIMEOUT(bench_differential, 7200000000UL)
     unsigned n = smp_num_cpus() < DIFF_CPUS ? smp_num_cpus() : DIFF_CPUS;
 
     ASSERT_EQ(n, DIFF_CPUS);
-    diff_seed = bootarg("diff.seed", 1);
-    per_pe = bootarg("diff.calls", 1000000) / n;
-    chunk_k = bootarg("diff.chunk", 10000);
+    diff_seed = fdt_bootarg_u64("diff.seed", 1);
+    per_pe = fdt_bootarg_u64("diff.calls", 1000000) / n;
+    chunk_k = fdt_bootarg_u64("diff.chunk", 10000);
     if (!chunk_k)
         chunk_k = 10000;
     ep_abs = sdei_entry_point();

@@ -347,13 +347,12 @@ static const struct sdei_handler hcount = { h_count, NULL };
 
 static void spin_fn(void *arg) { hostile_spin(&spin); }
 
-#define UARTDR  0x00
-#define UARTFR  0x18
-
 static bool host_says_quit(void)
 {
-    while (!(readl(UART0_BASE + UARTFR) & BIT(4)))
-        if ((readl(UART0_BASE + UARTDR) & 0xff) == 'q')
+    int c;
+
+    while ((c = uart_getc_nowait()) >= 0)
+        if (c == 'q')
             return true;
     return false;
 }

@@ -167,21 +167,7 @@ static void kill_iteration(unsigned cpu, u64 self)
 /* The host's "STOP" line on the console (CPU 0 only reads it). */
 static bool stop_requested(void)
 {
-    static char line[16];
-    static unsigned len;
-
-    while (!(readl(UART0_BASE + 0x18) & (1u << 4))) {       /* UARTFR.RXFE clear */
-        char c = (char)(readl(UART0_BASE + 0x00) & 0xff);
-        if (c == '\r' || c == '\n') {
-            line[len] = '\0';
-            len = 0;
-            if (!strcmp(line, "STOP"))
-                return true;
-        } else if (len < sizeof(line) - 1) {
-            line[len++] = c;
-        }
-    }
-    return false;
+    return uart_line_is("STOP");
 }
 
 static void kill_loop(void *arg)

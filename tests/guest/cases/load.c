@@ -46,22 +46,6 @@
 #define RTCMR    0x04
 #define RTCIMSC  0x10
 
-static u64 bootarg(const char *key, u64 dflt)
-{
-    const char *args = fdt_getprop_str("/chosen", "bootargs");
-    size_t n = strlen(key);
-
-    for (const char *p = args; p && *p; p++) {
-        if ((p == args || p[-1] == ' ') && !strncmp(p, key, n) && p[n] == '=') {
-            u64 v = 0;
-            for (p += n + 1; *p >= '0' && *p <= '9'; p++)
-                v = v * 10 + (u64)(*p - '0');
-            return v;
-        }
-    }
-    return dflt;
-}
-
 /* The host reads sdeid's counters when it sees a phase's first and last
  * line: make no call for a while after printing one. */
 static void settle_host(void)
@@ -87,8 +71,8 @@ static const struct sdei_handler hrtc = { h_rtc, NULL };
 
 TEST_TIMEOUT(bench_load_toggle, 3600000000UL)
 {
-    u64 seconds = bootarg("load_seconds", 10);
-    u64 pace = us_to_ticks(bootarg("load_pace", 0));
+    u64 seconds = fdt_bootarg_u64("load_seconds", 10);
+    u64 pace = us_to_ticks(fdt_bootarg_u64("load_pace", 0));
 
     sdei_pe_mask();
     sdei_private_reset();
@@ -110,7 +94,7 @@ TEST_TIMEOUT(bench_load_toggle, 3600000000UL)
         writel(RTC_BASE + RTCMR, rtc_read());
     ASSERT_TRUE(EXPECT_WAIT(rtc_irq_raw(), 3000000));
     printf("  [bench_load_toggle] toggling for %lu s (pace %lu us)\n", seconds,
-           bootarg("load_pace", 0));
+           fdt_bootarg_u64("load_pace", 0));
     settle_host();
 
     u64 rises = 0, t0 = timer_count(), end = t0 + us_to_ticks(seconds * 1000000);
@@ -194,10 +178,10 @@ static bool sdei_result_ok(s64 v)
 
 TEST_TIMEOUT(bench_load_calls, 3600000000UL)
 {
-    u64 n = bootarg("load_calls", 10000), bad = 0;
+    u64 n = fdt_bootarg_u64("load_calls", 10000), bad = 0;
     u64 me = read_mpidr();
 
-    seed = 0x2545f4914f6cdd1dUL ^ bootarg("load_seed", 1);
+    seed = 0x2545f4914f6cdd1dUL ^ fdt_bootarg_u64("load_seed", 1);
     calls_handled = 0;
     sdei_pe_mask();
     sdei_private_reset();

@@ -41,13 +41,6 @@ static struct {
     volatile u32 canary_ok;
 } nm;
 
-static int uart_getc_nowait(void)
-{
-    if (readl(UART0_BASE + 0x18 /* UARTFR */) & BIT(4) /* RXFE */)
-        return -1;
-    return readl(UART0_BASE + 0x00 /* UARTDR */) & 0xff;
-}
-
 static u64 nmi_handler(struct sdei_record *rec, void *data)
 {
     nm.event = rec->x[0];

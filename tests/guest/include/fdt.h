@@ -14,6 +14,9 @@ u64 fdt_address(void);                   /* 0 if none found */
 const void *fdt_getprop(const char *path, const char *prop, u32 *len);
 const char *fdt_getprop_str(const char *path, const char *prop);
 
+/* The decimal value of `key=N` in /chosen/bootargs (-append), or dflt. */
+u64 fdt_bootarg_u64(const char *key, u64 dflt);
+
 /* MPIDRs from /cpus/cpu@N/reg, in DT order. Returns the count. */
 int fdt_cpus(u64 *mpidrs, int max);
 

@@ -24,6 +24,8 @@ void puts_raw(const char *s);
 void uart_init(void);
 void uart_write(const char *s, size_t n);
 void uart_release_if_owner(void);
+int uart_getc_nowait(void);             /* a character the host typed, or -1 */
+bool uart_line_is(const char *want);    /* a whole typed line equal to want */
 
 /* Atomics: __atomic builtins compile to ldaxr/stlxr (we build with
  * -mno-outline-atomics, so no libgcc helpers or LSE detection). */

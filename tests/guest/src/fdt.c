@@ -176,3 +176,19 @@ int fdt_cpus(u64 *mpidrs, int max)
     fdt_walk(cpus_cb, &c);
     return c.n;
 }
+
+u64 fdt_bootarg_u64(const char *key, u64 dflt)
+{
+    const char *args = fdt_getprop_str("/chosen", "bootargs");
+    size_t n = strlen(key);
+
+    for (const char *p = args; p && *p; p++) {
+        if ((p == args || p[-1] == ' ') && !strncmp(p, key, n) && p[n] == '=') {
+            u64 v = 0;
+            for (p += n + 1; *p >= '0' && *p <= '9'; p++)
+                v = v * 10 + (u64)(*p - '0');
+            return v;
+        }
+    }
+    return dflt;
+}

@@ -6,6 +6,7 @@
 #define UARTDR   0x00
 #define UARTFR   0x18
 #define UARTCR   0x30
+#define FR_RXFE  BIT(4)
 #define FR_TXFF  BIT(5)
 #define CR_UARTEN BIT(0)
 #define CR_TXE   BIT(8)
@@ -47,4 +48,33 @@ void uart_release_if_owner(void)
 void puts_raw(const char *s)
 {
     uart_write(s, strlen(s));
+}
+
+/* The host types on the console (QEMU's stdin): one character, -1 if none. */
+int uart_getc_nowait(void)
+{
+    if (readl(UART0_BASE + UARTFR) & FR_RXFE)
+        return -1;
+    return readl(UART0_BASE + UARTDR) & 0xff;
+}
+
+/* Reads what the host typed so far; true once a whole line equal to `want`
+ * arrived.  One reader at a time (the cases that use it read on CPU 0). */
+bool uart_line_is(const char *want)
+{
+    static char line[16];
+    static unsigned len;
+    int c;
+
+    while ((c = uart_getc_nowait()) >= 0) {
+        if (c == '\r' || c == '\n') {
+            line[len] = '\0';
+            len = 0;
+            if (!strcmp(line, want))
+                return true;
+        } else if (len < sizeof(line) - 1) {
+            line[len++] = (char)c;
+        }
+    }
+    return false;
 }
