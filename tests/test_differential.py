@@ -20,7 +20,7 @@ import pytest
 from sdeid.model.abi import EventType, Fid, Priority
 from sdeid.model.dispatcher import Dispatcher
 from sdeid.model.types import EventDef, PlatformConfig, Topology
-from tests.test_kill import load_script
+from tests.scripts import load_script
 
 df = load_script("differential")
 CI_CALLS = 20_000

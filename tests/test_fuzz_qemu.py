@@ -15,18 +15,15 @@ missing, unless a developer sets SDEID_SKIP_INTEGRATION=1."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from sdeid.launcher import find_qemu
+from tests.scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
 
 if os.environ.get("SDEID_SKIP_INTEGRATION") == "1":
@@ -40,20 +37,9 @@ if os.environ.get("SDEID_SKIP_INTEGRATION") == "1":
 QMP_BOUND = 0.75
 
 
-def load_fuzzer() -> ModuleType:
-    path = ROOT / "scripts" / "fuzz-qemu"
-    loader = importlib.machinery.SourceFileLoader("fuzz_qemu", str(path))
-    spec = importlib.util.spec_from_loader("fuzz_qemu", loader)
-    assert spec is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["fuzz_qemu"] = mod      # dataclasses look their module up
-    loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def fq() -> ModuleType:
-    return load_fuzzer()
+    return load_script("fuzz-qemu")
 
 
 @pytest.fixture(scope="module")

@@ -12,35 +12,17 @@ missing, unless a developer sets SDEID_SKIP_INTEGRATION=1."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import logging
 import os
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from sdeid.model.abi import Fid
 from sdeid.testing.pair2 import Pair
+from tests.scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 CI_KILLS = 12
-
-
-def load_script(name: str) -> ModuleType:
-    """A script of scripts/ (no .py suffix) as a module."""
-    modname = name.replace("-", "_")
-    if modname in sys.modules:
-        return sys.modules[modname]
-    loader = importlib.machinery.SourceFileLoader(modname, str(ROOT / "scripts" / name))
-    spec = importlib.util.spec_from_loader(modname, loader)
-    assert spec is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[modname] = mod
-    loader.exec_module(mod)
-    return mod
 
 
 kt = load_script("kill-test")

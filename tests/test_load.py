@@ -23,18 +23,14 @@ missing, unless a developer sets SDEID_SKIP_INTEGRATION=1."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from sdeid.launcher import find_qemu
+from tests.scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
 
 if os.environ.get("SDEID_SKIP_INTEGRATION") == "1":
@@ -52,19 +48,8 @@ RSS_HALF_BOUND_KIB = 1024
 RSS_TOTAL_BOUND_KIB = 8 * 1024
 
 
-def load_script() -> ModuleType:
-    path = ROOT / "scripts" / "load-test"
-    loader = importlib.machinery.SourceFileLoader("load_test", str(path))
-    spec = importlib.util.spec_from_loader("load_test", loader)
-    assert spec is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["load_test"] = mod      # dataclasses look their module up
-    loader.exec_module(mod)
-    return mod
-
-
 def test_a_toggling_line_and_random_calls_leave_sdeid_bounded(tmp_path: Path) -> None:
-    lt = load_script()
+    lt = load_script("load-test")
     rep = lt.run(SECONDS, CALLS, seed=7, qemu=find_qemu(None, 2), keep=tmp_path,
                  pace=PACE_US, grace=120)
     text = lt.describe(rep)
