@@ -138,6 +138,29 @@ class ControlClient:
                 raise ControlError(str(err.get("class")), str(err.get("desc")))
             return msg.get("return")
 
+    def execute_all(self, commands: Sequence[tuple[str, dict[str, Any] | None]]
+                    ) -> list[dict[str, Any]]:
+        """Send every command at once, without waiting for a reply between
+        them, then collect the replies: each reply message ({"return": ...}
+        or {"error": ...}), in the order of `commands`."""
+        first = self.next_id + 1
+        reqs = []
+        for command, arguments in commands:
+            self.next_id += 1
+            req: dict[str, Any] = {"execute": command, "id": self.next_id}
+            if arguments:
+                req["arguments"] = arguments
+            reqs.append(json.dumps(req).encode() + b"\n")
+        self.sock.sendall(b"".join(reqs))
+        replies: dict[int, dict[str, Any]] = {}
+        while len(replies) < len(reqs):
+            msg = self._recv()
+            if "event" in msg:
+                self.events.append(msg)
+            elif isinstance(msg.get("id"), int) and first <= msg["id"] <= self.next_id:
+                replies[msg["id"]] = msg
+        return [replies[i] for i in range(first, self.next_id + 1)]
+
     def close(self) -> None:
         self.sock.close()
 

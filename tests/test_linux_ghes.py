@@ -32,14 +32,11 @@ are always torn down (sdeid.launcher.Launch).
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -93,44 +90,6 @@ BURST_STRIDE = 2 * 1024 * 1024
 MEMORY_FAILURE = re.compile(r"Memory failure: (0x[0-9a-f]+)")
 
 
-def _inject_at_once(path: Path, addresses: list[int]) -> list[dict[str, Any]]:
-    """Send one sdei-inject-error per address on one control connection
-    without waiting for any reply, then collect every reply (in id order)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(STEP_TIMEOUT)
-    sock.connect(str(path))
-    buf = b""
-
-    def recv() -> dict[str, Any]:
-        nonlocal buf
-        while b"\n" not in buf:
-            data = sock.recv(65536)
-            if not data:
-                raise ConnectionError("control socket closed")
-            buf += data
-        line, buf = buf.split(b"\n", 1)
-        msg: dict[str, Any] = json.loads(line)
-        return msg
-
-    try:
-        assert "QMP" in recv()
-        sock.sendall(b'{"execute": "qmp_capabilities", "id": 0}\n')
-        while recv().get("id") != 0:
-            pass
-        sock.sendall(b"".join(json.dumps({
-            "execute": "sdei-inject-error", "id": i + 1,
-            "arguments": {"event": EVENT, "address": a}}).encode() + b"\n"
-            for i, a in enumerate(addresses)))
-        replies: dict[int, dict[str, Any]] = {}
-        while len(replies) < len(addresses):
-            msg = recv()
-            if isinstance(msg.get("id"), int) and msg["id"] > 0:
-                replies[msg["id"]] = msg
-        return [replies[i + 1] for i in range(len(addresses))]
-    finally:
-        sock.close()
-
-
 def burst(vm: Launch) -> None:
     """31 injections at once; each delivered to the guest or refused, none lost."""
     addresses = [BURST_BASE + i * BURST_STRIDE for i in range(BURST)]
@@ -139,7 +98,9 @@ def burst(vm: Launch) -> None:
         before = ctl.execute("query-stats")
     seen_before = len(vm.lines)
     t0 = time.monotonic()
-    replies = _inject_at_once(vm.control_path, addresses)
+    with vm.control(timeout=STEP_TIMEOUT) as ctl:
+        replies = ctl.execute_all([("sdei-inject-error", {"event": EVENT, "address": a})
+                                   for a in addresses])
     took = time.monotonic() - t0
     delivered = [a for a, r in zip(addresses, replies, strict=True) if "return" in r]
     refused = [r["error"]["desc"] for r in replies if "error" in r]
