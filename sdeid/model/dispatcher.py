@@ -105,11 +105,6 @@ class Dispatcher:
         # refuses the rest instead of accepting a line that never fires.
         self.interceptable: frozenset[int] | None = None
 
-    @classmethod
-    def from_state(cls, state: DispatcherState) -> Dispatcher:
-        state.validate()
-        return cls(state.topology, state.config, state)
-
     # The state's parts, by the names the rules use (views, not copies).
     @property
     def topology(self) -> Topology:
@@ -707,7 +702,8 @@ class Dispatcher:
     @classmethod
     def restore(cls, blob: bytes) -> Dispatcher:
         """A dispatcher from a blob; StateError says why one is refused."""
-        return cls.from_state(snapshot.load(blob))
+        state = snapshot.load(blob)     # validated there
+        return cls(state.topology, state.config, state)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Dispatcher):
