@@ -223,7 +223,7 @@ def pe_drive(state: PeState) -> Sim:
     for ev in (SHARED_EV, SHARED_CRIT):
         s.setup(ev, None, flags=1, aff=0)    # RM_PE to PE 0
     assert s.ret(0, Fid.PE_UNMASK) == 0
-    for prio in state.nesting.value:
+    for prio in state.nesting.priorities:
         ev = PRIV_EV if prio is Priority.NORMAL else PRIV_CRIT
         s.trigger(ev, 0)
         assert s.dispatch(0) == ev

@@ -77,13 +77,37 @@ class Frame:
 # ------------------------------------------------------------- the PE table
 
 class Nesting(enum.Enum):
-    """The handlers a PE runs, outermost first (DEN0054: a critical event
-    may preempt a normal handler; nothing else nests)."""
+    """The handlers a PE runs (DEN0054: a critical event may preempt a
+    normal handler; nothing else nests).  `priorities` lists them outermost
+    first.  (Not tuple-valued members: Python 3.11.2, Debian's, turns an
+    empty tuple value into a bare object.)"""
 
-    IDLE = ()
-    NORMAL = (Priority.NORMAL,)
-    CRITICAL = (Priority.CRITICAL,)
-    NORMAL_CRITICAL = (Priority.NORMAL, Priority.CRITICAL)
+    IDLE = "idle"
+    NORMAL = "normal"
+    CRITICAL = "critical"
+    NORMAL_CRITICAL = "normal, then critical"
+
+    @property
+    def priorities(self) -> tuple[Priority, ...]:
+        return _NESTING_PRIORITIES[self]
+
+    @classmethod
+    def of(cls, priorities: tuple[Priority, ...]) -> Nesting:
+        """The nesting of handlers of these priorities, outermost first;
+        ValueError for one DEN0054 does not allow."""
+        n = _NESTING_OF.get(priorities)
+        if n is None:
+            raise ValueError(f"no such nesting: {[p.name for p in priorities]}")
+        return n
+
+
+_NESTING_PRIORITIES = {
+    Nesting.IDLE: (),
+    Nesting.NORMAL: (Priority.NORMAL,),
+    Nesting.CRITICAL: (Priority.CRITICAL,),
+    Nesting.NORMAL_CRITICAL: (Priority.NORMAL, Priority.CRITICAL),
+}
+_NESTING_OF = {prios: n for n, prios in _NESTING_PRIORITIES.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,15 +143,15 @@ def _pe_next(s: PeState, i: PeInput) -> PeState | None:
         return PeState(True, True, Nesting.IDLE)    # a PE comes up masked
     if i is PeInput.COMPLETE:
         return None if n is Nesting.IDLE else PeState(
-            s.online, s.masked, Nesting(n.value[:-1]))
+            s.online, s.masked, Nesting.of(n.priorities[:-1]))
     # Dispatch: only to an online, unmasked PE, and only where it may nest.
     if not s.online or s.masked:
         return None
     prio = Priority.CRITICAL if i is PeInput.DISPATCH_CRITICAL else Priority.NORMAL
-    new = n.value + (prio,)
-    if len(new) > MAX_NESTING or (len(new) == 2 and new != Nesting.NORMAL_CRITICAL.value):
+    new = n.priorities + (prio,)
+    if len(new) > MAX_NESTING or (len(new) == 2 and new != Nesting.NORMAL_CRITICAL.priorities):
         return None
-    return PeState(s.online, s.masked, Nesting(new))
+    return PeState(s.online, s.masked, Nesting.of(new))
 
 
 PE_STATES = tuple(PeState(o, m, n) for o in (True, False) for m in (False, True)
@@ -151,7 +175,7 @@ class PE:
     @property
     def machine(self) -> PeState:
         return PeState(self.online, self.masked,
-                       Nesting(tuple(f.priority for f in self.frames)))
+                       Nesting.of(tuple(f.priority for f in self.frames)))
 
     def can(self, i: PeInput) -> bool:
         return PE_TRANSITIONS[(self.machine, i)] is not None
