@@ -14,6 +14,10 @@ u64 fdt_address(void);                   /* 0 if none found */
 const void *fdt_getprop(const char *path, const char *prop, u32 *len);
 const char *fdt_getprop_str(const char *path, const char *prop);
 
+/* Where the value of `key=...` in /chosen/bootargs (-append) starts, or NULL. */
+const char *fdt_bootarg(const char *key);
+/* Is `key=value` (the whole word) in /chosen/bootargs? */
+bool fdt_bootarg_is(const char *key, const char *value);
 /* The decimal value of `key=N` in /chosen/bootargs (-append), or dflt. */
 u64 fdt_bootarg_u64(const char *key, u64 dflt);
 

@@ -177,18 +177,34 @@ int fdt_cpus(u64 *mpidrs, int max)
     return c.n;
 }
 
-u64 fdt_bootarg_u64(const char *key, u64 dflt)
+const char *fdt_bootarg(const char *key)
 {
     const char *args = fdt_getprop_str("/chosen", "bootargs");
     size_t n = strlen(key);
 
     for (const char *p = args; p && *p; p++) {
-        if ((p == args || p[-1] == ' ') && !strncmp(p, key, n) && p[n] == '=') {
-            u64 v = 0;
-            for (p += n + 1; *p >= '0' && *p <= '9'; p++)
-                v = v * 10 + (u64)(*p - '0');
-            return v;
-        }
+        if ((p == args || p[-1] == ' ') && !strncmp(p, key, n) && p[n] == '=')
+            return p + n + 1;
     }
-    return dflt;
+    return NULL;
+}
+
+bool fdt_bootarg_is(const char *key, const char *value)
+{
+    const char *v = fdt_bootarg(key);
+    size_t n = strlen(value);
+
+    return v && !strncmp(v, value, n) && (v[n] == ' ' || v[n] == '\0');
+}
+
+u64 fdt_bootarg_u64(const char *key, u64 dflt)
+{
+    const char *p = fdt_bootarg(key);
+    u64 v = 0;
+
+    if (!p)
+        return dflt;
+    for (; *p >= '0' && *p <= '9'; p++)
+        v = v * 10 + (u64)(*p - '0');
+    return v;
 }

@@ -178,18 +178,9 @@ static bool selected(const char *sel, const char *name)
     return false;
 }
 
-static const char *find_selection(void)
-{
-    const char *args = fdt_getprop_str("/chosen", "bootargs");
-    for (const char *p = args; p && *p; p++)
-        if ((p == args || p[-1] == ' ') && !strncmp(p, "tests=", 6))
-            return p + 6;
-    return NULL;
-}
-
 void harness_run(void)
 {
-    const char *sel = find_selection();
+    const char *sel = fdt_bootarg("tests");
 
     if (gic_present()) {
         irq_register(INTID_VTIMER, watchdog_irq, NULL);

@@ -10,13 +10,18 @@ extern u64 boot_el;     /* start.S: the EL we were entered at */
 /*
  * QEMU's virt machine uses SMC for PSCI exactly when it emulates EL2 (or
  * EL3) and HVC otherwise, and says so in /psci "method". Without a DT, fall
- * back on the same rule from the EL we were entered at.
+ * back on the same rule from the EL we were entered at.  Under KVM the DT
+ * always says HVC, but KVM takes SMCCC calls on both conduits, so
+ * `conduit=smc` (or hvc) on the command line overrides the DT.
  */
 void smccc_init(void)
 {
     const char *m = fdt_getprop_str("/psci", "method");
 
-    if (m && !strcmp(m, "smc")) {
+    if (fdt_bootarg_is("conduit", "smc") || fdt_bootarg_is("conduit", "hvc")) {
+        smccc_conduit = fdt_bootarg_is("conduit", "smc") ? CONDUIT_SMC : CONDUIT_HVC;
+        smccc_conduit_source = "bootargs conduit=";
+    } else if (m && !strcmp(m, "smc")) {
         smccc_conduit = CONDUIT_SMC;
         smccc_conduit_source = "dt /psci method";
     } else if (m && !strcmp(m, "hvc")) {
