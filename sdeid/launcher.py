@@ -1,6 +1,7 @@
 """`sdeid run`: start sdeid and QEMU wired together, and tear both down.
 
-    sdeid run [--smp N] [--memory SIZE] [--conduit hvc|smc] [--firmware dt|uefi]
+    sdeid run [--smp N] [--memory SIZE] [--conduit hvc|smc] [--accel kvm|tcg]
+              [--firmware dt|uefi]
               [--qemu PATH] [--sdeid-arg ARG]... [--sdei-device-props PROPS]
               [--keep-dir DIR]
               [--timeout SECONDS] -- QEMU-ARGS...
@@ -211,6 +212,17 @@ def find_qemu(explicit: str | None = None, protocol: int = DEFAULT_PROTOCOL) -> 
     return lines[-1]
 
 
+ACCELS = ("kvm", "tcg")
+
+
+def default_accel() -> str:
+    """kvm on an arm64 host that offers /dev/kvm, else tcg (an x86 host cannot run an
+    arm64 guest on KVM; scripts/nested-kvm is the way to try KVM there)."""
+    if os.uname().machine == "aarch64" and os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "kvm"
+    return "tcg"
+
+
 def find_aavmf() -> tuple[Path, Path]:
     """The UEFI firmware pair: scripts/fetch-guest-assets' answer when the
     script is there, else Debian's qemu-efi-aarch64 location."""
@@ -282,9 +294,19 @@ class Launch:
                  echo: IO[str] | None = None, console_input: bool = False,
                  ready_timeout: float = 30.0,
                  kill_grace: float = 5.0, daemon_grace: float = 2.0,
-                 monitor: str | Path | None = None) -> None:
+                 monitor: str | Path | None = None, accel: str | None = None) -> None:
         if conduit not in ("hvc", "smc"):
             raise ValueError(f"conduit must be 'hvc' or 'smc', not {conduit!r}")
+        accel = accel or default_accel()
+        if accel not in ACCELS:
+            raise ValueError(f"accel must be one of {ACCELS}, not {accel!r}")
+        if accel == "kvm" and conduit == "smc":
+            # QEMU describes SMC only when it emulates EL2, which KVM guests do not
+            # have; KVM still takes SMCCC calls on both conduits, so a guest may use SMC
+            # on its own account.
+            raise ValueError("under KVM the firmware conduit is HVC (there is no EL2 to "
+                             "emulate); a guest may still call with SMC on its own")
+        self.accel = accel
         if firmware not in ("dt", "uefi"):
             raise ValueError(f"firmware must be 'dt' or 'uefi', not {firmware!r}")
         if smp < 1:
@@ -488,12 +510,16 @@ class Launch:
     def _qemu_argv(self) -> list[str]:
         assert self._qmp_listener is not None
         machine = "virt,gic-version=3"
+        cpu = ["-cpu", "max"]
+        if self.accel == "kvm":
+            # The in-kernel GICv3 (KVM's default for gic-version=3) and the host's CPU.
+            cpu = ["-accel", "kvm", "-cpu", "host"]
         if self.conduit == "smc":
             machine += ",virtualization=on"   # QEMU's PSCI (and so SDEI) conduit is SMC then
         if self.firmware == "uefi":
             machine += ",ras=on"
         argv = [
-            "-M", machine, "-cpu", "max", "-smp", str(self.smp), "-m", self.memory,
+            "-M", machine, *cpu, "-smp", str(self.smp), "-m", self.memory,
             "-nodefaults", "-display", "none", "-serial", "stdio",
             "-chardev", f"socket,id=sdei0,path={self.socket_path},reconnect-ms=1000",
             "-device", self._device()
@@ -781,6 +807,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--memory", default="1G", metavar="SIZE", help="RAM (default 1G)")
     ap.add_argument("--conduit", choices=["hvc", "smc"], default="hvc",
                     help="SDEI/PSCI conduit; smc emulates EL2 (virtualization=on)")
+    ap.add_argument("--accel", choices=list(ACCELS),
+                    help="kvm (-accel kvm -cpu host, the in-kernel GICv3) or tcg; default: "
+                    "kvm on an arm64 host with /dev/kvm, else tcg")
     ap.add_argument("--firmware", choices=["dt", "uefi"], default="dt",
                     help="dt: direct kernel boot with a device tree; uefi: AAVMF + ACPI "
                     "(ras=on)")
@@ -822,10 +851,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout is not None and args.timeout <= 0:
         build_parser().error("--timeout must be positive")
 
-    launch = Launch(qemu_args, qemu=args.qemu, smp=args.smp, memory=args.memory,
-                    conduit=args.conduit, firmware=args.firmware,
-                    sdeid_args=args.sdeid_arg, device_props=args.sdei_device_props,
-                    protocol=args.protocol, keep_dir=args.keep_dir, monitor=args.monitor)
+    try:
+        launch = Launch(qemu_args, qemu=args.qemu, smp=args.smp, memory=args.memory,
+                        conduit=args.conduit, firmware=args.firmware,
+                        sdeid_args=args.sdeid_arg, device_props=args.sdei_device_props,
+                        protocol=args.protocol, keep_dir=args.keep_dir,
+                        monitor=args.monitor, accel=args.accel)
+    except ValueError as e:
+        build_parser().error(str(e))
     got: list[int] = []
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -21,25 +21,24 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from sdeid.launcher import REPO, ControlError, Launch
+from sdeid.launcher import REPO
+from sdeid.testing.conformance import (  # noqa: F401  (the tests' names for them)
+    RESULT,
+    RUN_TIMEOUT,
+    STATIC_EVENTS,
+    SUMMARY,
+    TRIGGER,
+    run_guest,
+)
 
 pytestmark = pytest.mark.integration
 
 GUEST = REPO / "tests" / "guest"
 IMAGE = GUEST / "build" / "sdei-guest.bin"
-STATIC_EVENTS = ["100:shared:normal", "101:shared:critical",
-                 "200:private:normal", "201:private:critical"]
-RUN_TIMEOUT = 300.0
-
-RESULT = re.compile(r"^SDEI-TEST (\S+) (PASS|FAIL)(?: (.*))?$")
-SUMMARY = re.compile(r"^SDEI-TEST-SUMMARY passed=(\d+) failed=(\d+)$")
-TRIGGER = re.compile(r"^SDEI-WAIT-TRIGGER (\d+)(?: (\d+))?$")
 HOST_STEP = re.compile(r"^SDEI-WAIT-HOST (\d+)$")
 NAMED_ONLY = ("bench_", "outage_", "nmi_")     # src/harness.c: run only when named
 
@@ -79,50 +78,3 @@ def registered_cases() -> list[str]:
     return [n for n in names if not n.startswith(NAMED_ONLY)]
 
 
-def run_guest(image: Path, qemu: str, conduit: str) -> tuple[dict[str, tuple[str, str]],
-                                                             tuple[int, int] | None,
-                                                             list[str], float, list[str]]:
-    results: dict[str, tuple[str, str]] = {}
-    summary = None
-    trigger_errors: list[str] = []
-    echo = sys.stderr if os.environ.get("SDEID_ECHO_GUEST") == "1" else None
-    t0 = time.monotonic()
-    with Launch(["-kernel", str(image)], qemu=qemu, smp=4, memory="256M", conduit=conduit,
-                protocol=2,
-                sdeid_args=[f"--event={e}" for e in STATIC_EVENTS],
-                capture_output=True, console_input=True, echo=echo) as vm:
-        try:
-            for line in vm.iter_lines(timeout=RUN_TIMEOUT):
-                m = TRIGGER.match(line)
-                if m:
-                    event, pe = int(m.group(1)), m.group(2)
-                    try:
-                        vm.trigger(event, None if pe is None else int(pe))
-                        vm.send_console(b"+%d\n" % event)
-                    except (ControlError, OSError) as e:
-                        trigger_errors.append(f"sdei-trigger {event} {pe}: {e}")
-                        vm.send_console(b"!%d\n" % event)
-                    continue
-                m = RESULT.match(line)
-                if m:
-                    results[m.group(1)] = (m.group(2), m.group(3) or "")
-                    continue
-                m = SUMMARY.match(line)
-                if m:
-                    summary = (int(m.group(1)), int(m.group(2)))
-            code = vm.wait(timeout=30)
-        except TimeoutError:
-            code = None
-        wall = time.monotonic() - t0
-        log = list(vm.lines)
-        if code != 0:
-            log.append(f"(QEMU exit status {code})")
-            log += ["--- qemu.log", *(vm.qemu_log.read_text(errors="replace").splitlines()
-                                     if vm.qemu_log.exists() else []),
-                    "--- sdeid.log", *(vm.daemon_log.read_text(errors="replace")
-                                       .splitlines()[-40:] if vm.daemon_log.exists() else [])]
-    daemon = vm.daemon_proc
-    if daemon is None or daemon.returncode != 0:
-        trigger_errors.append(f"sdeid did not exit cleanly with the VM: status "
-                              f"{None if daemon is None else daemon.returncode}")
-    return results, summary, trigger_errors, wall, log

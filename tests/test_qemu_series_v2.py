@@ -204,18 +204,9 @@ def test_core_series_carries_sdei_calls(qemu_core: str, guest_image: Path, condu
 
 
 @pytest.mark.parametrize("conduit", ["hvc", "smc"])
-def test_conformance_guest_on_v2(guest_image: Path, qemu: str, conduit: str,
-                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    import tests.test_guest_conformance as conf
-
-    class Launch2(Launch):
-        def __init__(self, *a: object, **k: object) -> None:
-            k["protocol"] = 2
-            super().__init__(*a, **k)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(conf, "Launch", Launch2)
+def test_conformance_guest_on_v2(guest_image: Path, qemu: str, conduit: str) -> None:
     cases = registered_cases()
-    results, summary, errors, wall, log = run_guest(guest_image, qemu, conduit)
+    results, summary, errors, wall, log = run_guest(guest_image, qemu, conduit, accel="tcg")
     print(f"v2 {conduit}: {len(results)} cases in {wall:.1f} s wall")
     failed = {k: v for k, v in results.items() if v[0] != "PASS"}
     tail = "\n".join(log[-60:])
