@@ -294,7 +294,9 @@ class Launch:
                  echo: IO[str] | None = None, console_input: bool = False,
                  ready_timeout: float = 30.0,
                  kill_grace: float = 5.0, daemon_grace: float = 2.0,
-                 monitor: str | Path | None = None, accel: str | None = None) -> None:
+                 monitor: str | Path | None = None, accel: str | None = None,
+                 reboot: bool = False,
+                 aavmf: tuple[str | Path, str | Path] | None = None) -> None:
         if conduit not in ("hvc", "smc"):
             raise ValueError(f"conduit must be 'hvc' or 'smc', not {conduit!r}")
         accel = accel or default_accel()
@@ -307,6 +309,11 @@ class Launch:
             raise ValueError("under KVM the firmware conduit is HVC (there is no EL2 to "
                              "emulate); a guest may still call with SMC on its own")
         self.accel = accel
+        # reboot=True: a guest reboot resets the VM (QEMU's default) instead of
+        # ending it (-no-reboot, what tests and `sdeid run` want otherwise).
+        self.reboot = reboot
+        # firmware="uefi": (code, vars) instead of find_aavmf()'s pair
+        self.aavmf = (Path(aavmf[0]), Path(aavmf[1])) if aavmf else None
         if firmware not in ("dt", "uefi"):
             raise ValueError(f"firmware must be 'dt' or 'uefi', not {firmware!r}")
         if smp < 1:
@@ -531,11 +538,10 @@ class Launch:
             argv += ["-chardev",
                      f"socket,id=mon1,fd={self._mon_listener.fileno()},server=on,wait=off",
                      "-mon", "chardev=mon1,mode=control"]
-        argv += [
-            "-no-reboot",
-        ]
+        if not self.reboot:
+            argv.append("-no-reboot")     # a guest reboot ends the VM
         if self.firmware == "uefi":
-            code, vars_ = find_aavmf()
+            code, vars_ = self.aavmf or find_aavmf()
             vars_copy = self._path("AAVMF_VARS.fd")
             shutil.copyfile(vars_, vars_copy)
             argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={code}",

@@ -23,8 +23,12 @@ TEST(boot)
     EXPECT_EQ(read_sysreg(sctlr_el1) & 1, 1);       /* MMU on */
     EXPECT_NE(timer_freq(), 0);
     /* QEMU virt uses SMC for PSCI exactly when it emulates EL2, so the DT
-     * method (when there is a DT) and the entry EL must agree. */
-    EXPECT_EQ(smccc_conduit, boot_el >= 2 ? CONDUIT_SMC : CONDUIT_HVC);
+     * method (when there is a DT) and the entry EL must agree, unless the
+     * command line chose (conduit=, under KVM). */
+    if (fdt_bootarg("conduit"))
+        EXPECT_EQ(smccc_conduit, fdt_bootarg_is("conduit", "smc") ? CONDUIT_SMC : CONDUIT_HVC);
+    else
+        EXPECT_EQ(smccc_conduit, boot_el >= 2 ? CONDUIT_SMC : CONDUIT_HVC);
 }
 
 TEST(psci_version)
