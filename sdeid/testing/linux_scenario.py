@@ -16,7 +16,10 @@ crosses two hypervisors here), so what the kernel said is read from `dmesg`.  St
    --state-file; QEMU reconnects; a second hotplug round works;
 4. with --firmware uefi: a memory error injected on the control socket reaches the
    guest's GHES driver through SDEI (the guest logs the page);
-5. reboot: `reboot -f` -> the kernel probes SDEI again, every PE unmasked;
+5. with --migrate: a live migration to a second QEMU (`-incoming`) attached to a
+   fresh sdeid, which must then show every PE unmasked (the dispatcher state went
+   along in the migration stream), and a hotplug round there;
+6. reboot: `reboot -f` -> the kernel probes SDEI again, every PE unmasked;
 then `poweroff -f`.  The last line on stdout is `SCENARIO {json}`: every step with ok
 and what it saw, and seconds; exit status 0 when every step is ok.
 """
@@ -24,6 +27,7 @@ and what it saw, and seconds; exit status 0 when every step is ok.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -32,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdeid.launcher import Launch
+from sdeid.launcher import ControlError, Launch
 
 DETECTED = "sdei: SDEIv1.1 (0x53444549) detected in firmware."
 PROMPT = re.compile(r"^SDEID-CMD\? (\d+)$")
@@ -72,6 +76,13 @@ def pes(vm: Launch) -> list[dict[str, Any]]:
         return list(ctl.execute("query-sdei")["pes"])
 
 
+def pes_or_none(vm: Launch) -> list[dict[str, Any]] | None:
+    try:
+        return pes(vm)
+    except ControlError:
+        return None
+
+
 def wait_for(what: str, check: Any, timeout: float = STEP_TIMEOUT) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -90,9 +101,39 @@ def hotplug(g: Guest, vm: Launch) -> dict[str, Any]:
     return {"ok": ok, "offline": off, "online": on}
 
 
+def migrate_to_a_new_vm(src: Launch, work: Path, launch: Any, step: Any) -> Launch | None:
+    """Live-migrate the guest to a second QEMU (`-incoming`) attached to a fresh
+    sdeid: the device's vmstate carries the dispatcher state from one daemon to
+    the other (SAVE_STATE / LOAD_STATE), so the new daemon must show every PE
+    unmasked as the guest left them.  Returns the destination, started."""
+    uri = f"unix:{work / 'migration.sock'}"
+    dest: Launch = launch("destination", ["-incoming", uri])
+    dest.start()
+    try:
+        dest.wait_connected(STEP_TIMEOUT)
+        # Connected is not yet handshaken: query-sdei needs HELLO's topology.
+        before = wait_for("topology", lambda: pes_or_none(dest))
+        with src.qemu_monitor(timeout=STEP_TIMEOUT) as mon:
+            mon.execute("migrate", {"uri": uri})
+            status = wait_for("migration", lambda: (lambda r: r if r.get("status") in (
+                "completed", "failed", "cancelled") else None)(mon.execute("query-migrate")))
+        after = wait_for("state loaded", lambda: (lambda p: p if not any(
+            x["masked"] for x in p) else None)(pes(dest)))
+    except BaseException:
+        dest.shutdown()
+        raise
+    ok = bool(status and status["status"] == "completed" and after and before
+              and all(x["masked"] for x in before))
+    if not step("migrate", {"ok": ok, "status": status and status.get("status"),
+                            "pes_before": before, "pes_after": after}):
+        dest.shutdown()
+        return None
+    return dest
+
+
 def scenario(kernel: str, initrd: str, firmware: str, smp: int,
              steps: list[dict[str, Any]],
-             aavmf: tuple[str, str] | None = None) -> None:
+             aavmf: tuple[str, str] | None = None, migrate: bool = False) -> None:
     """Run the steps, appending each one's result to `steps`; stop at the first that
     fails."""
     t0 = time.monotonic()
@@ -105,16 +146,22 @@ def scenario(kernel: str, initrd: str, firmware: str, smp: int,
 
     work = Path(tempfile.mkdtemp(prefix="linux-scenario-"))
     append = "console=ttyAMA0 quiet panic=-1 sdeid.test=console"
-    sdeid_args = ["--state-file", str(work / "sdeid.state")]
+    sdeid_args: list[str] = []
     props = ""
     if firmware == "uefi":
         append += " acpi=force"
         sdeid_args += ["--event", f"{EVENT}:shared:normal"]
         props = f"ghes-event={EVENT}"
-    with Launch(["-kernel", kernel, "-initrd", initrd, "-append", append], smp=smp,
-                memory="512M", firmware=firmware, sdeid_args=sdeid_args,
-                device_props=props, keep_dir=work / "run", capture_output=True,
-                console_input=True, reboot=True, aavmf=aavmf) as vm:
+
+    def launch(name: str, extra: list[str]) -> Launch:
+        return Launch(["-kernel", kernel, "-initrd", initrd, "-append", append, *extra],
+                      smp=smp, memory="512M", firmware=firmware,
+                      sdeid_args=[*sdeid_args, "--state-file", str(work / f"{name}.state")],
+                      device_props=props, keep_dir=work / name, capture_output=True,
+                      console_input=True, reboot=True, aavmf=aavmf)
+
+    with contextlib.ExitStack() as stack:
+        vm = stack.enter_context(launch("source", []))
         g = Guest(vm)
         g.prompt(timeout=300)
         detected = g.dmesg(DETECTED)
@@ -139,6 +186,15 @@ def scenario(kernel: str, initrd: str, firmware: str, smp: int,
             if not step("ghes", {"ok": page in (seen or []), "reply": reply,
                                  "pages": seen}):
                 return
+        if migrate:
+            dest = migrate_to_a_new_vm(vm, work, launch, step)
+            if dest is None:
+                return
+            stack.callback(dest.shutdown)
+            vm = dest
+            g = Guest(vm)
+            if not step("hotplug-after-migration", hotplug(g, vm)):
+                return
         vm.send_console(b"reboot -f\n")
         g.prompt(timeout=300)
         again = g.dmesg(DETECTED)
@@ -159,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aavmf-code", help="UEFI firmware (--firmware uefi)")
     ap.add_argument("--aavmf-vars", help="its pristine variable store")
     ap.add_argument("--smp", type=int, default=2)
+    ap.add_argument("--migrate", action="store_true",
+                    help="live-migrate the guest to a second QEMU and sdeid before the "
+                    "reboot step, and go on there")
     args = ap.parse_args(argv)
     if args.firmware == "uefi" and not (args.aavmf_code and args.aavmf_vars):
         ap.error("--firmware uefi needs --aavmf-code and --aavmf-vars")
@@ -167,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     error = None
     try:
         scenario(args.kernel, args.initrd, args.firmware, args.smp, steps,
-                 (args.aavmf_code, args.aavmf_vars) if args.firmware == "uefi" else None)
+                 (args.aavmf_code, args.aavmf_vars) if args.firmware == "uefi" else None,
+                 args.migrate)
     except Exception as e:          # reported in the summary: the run failed there
         error = f"{type(e).__name__}: {e}"
     ok = bool(steps) and error is None and all(s["ok"] for s in steps) and \

@@ -25,6 +25,12 @@ status is 125 (126/127 keep the shell's meaning: COMMAND not runnable / not foun
 
 The L1 root without the per-run files is cached under $SDEID_CACHE/nested (default
 ~/.cache/sdeid): a run with a warm cache costs the L1 boot (about 5 s) plus COMMAND.
+Directories named on the command line are copied whole (minus __pycache__, .git and
+.venv), so name what COMMAND needs, not a home directory.
+
+Environment: SDEID_NESTED_L0_QEMU, else SDEID_QEMU, names L0's QEMU (default: what
+scripts/build-qemu prints); SDEID_QEMU_ARM64 names L1's (default: what
+scripts/build-qemu --arch arm64 prints).
 """
 
 from __future__ import annotations
