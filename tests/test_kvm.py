@@ -71,7 +71,7 @@ def test_nested_kvm_runs_a_command_with_its_files(tmp_path: Path) -> None:
     (folder / "sub").mkdir(parents=True)
     (folder / "sub" / "f").write_text("x")
     script = ('cat "$1"; ls "$2/sub"; pwd; test -c /dev/kvm && echo kvm; uname -m; '
-              'command -v sdeid qemu-system-aarch64; echo "to stderr" >&2; exit 7')
+              'command -v sdeid; command -v qemu-system-aarch64; echo "to stderr" >&2; exit 7')
     out = nested("sh", "-c", script, "sh", str(data), str(folder), cwd=tmp_path)
     assert out.returncode == 7, out.stderr[-3000:]
     assert out.stdout.splitlines() == [

@@ -77,8 +77,8 @@ mkdir -p /proc /sys /dev /tmp /run /root
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
-mount -t tmpfs tmp /tmp
-mount -t tmpfs run /run
+# /tmp and /run stay the initramfs' own (writable already): host files copied in
+# under /tmp must not be hidden by a fresh tmpfs.
 fail() {{ echo; echo "{MARK_FAIL} $*"; poweroff -f; }}
 [ -c /dev/kvm ] || fail "L1 has no /dev/kvm (dmesg: $(dmesg | grep -i kvm | tail -n 1))"
 [ -c /dev/ttyAMA1 ] || fail "L1 has no second UART for the command's stdout"
