@@ -78,6 +78,10 @@ def test_every_hostile_case_is_survived_and_refused(fq: ModuleType, qemu: str,
     # non-canonical PC): each either refused or taken as the fault the
     # architecture prescribes, then retried.
     assert g["pc_faults"] <= 2 and g["retries"] == g["pc_faults"], g
+    # A cycle whose call was hijacked checks registers but not SDEI results:
+    # the real back-end may have applied the call before the hostile one got
+    # the re-send (hostile.c).  Only hijacks taint a cycle.
+    assert g["tainted"] <= g["pc_faults"], g
 
 
 def test_an_irq_to_a_lower_el_than_the_restored_one_is_refused(

@@ -228,9 +228,18 @@ __asm__(
 );
 
 static struct {
-    u64 cycles, calls, retries, pc_faults, violations, handled;
+    u64 cycles, calls, retries, pc_faults, violations, handled, tainted_cycles;
     u64 seed;
     volatile u64 fault_hit;     /* set by the hook: this call was hijacked */
+    /*
+     * A hijacked call is made again, but the real back-end may have applied
+     * it already: the device re-sends a call in flight across a reconnection,
+     * and the hostile back-end may be the one that gets the re-send.  The
+     * retry then meets the state the first one left (UNREGISTER: DENIED).
+     * So a cycle with a hijack checks registers and EL as always but not the
+     * SDEI results, counts as tainted, and the next cycle starts from a reset.
+     */
+    bool tainted;
 } hs;
 
 static struct spin_io spin;
@@ -301,6 +310,7 @@ static u64 call5(u64 fid, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5)
         hs.calls++;
         if (hs.fault_hit) {
             hs.retries++;
+            hs.tainted = true;
             continue;
         }
         if ((io.el_out >> 2) != 1)
@@ -332,7 +342,7 @@ static u64 call(u64 fid, u64 a1, u64 a2, u64 a3) { return call5(fid, a1, a2, a3,
 
 static void expect(const char *what, u64 fid, u64 got, u64 want)
 {
-    if (got != want)
+    if (got != want && !hs.tainted)
         violation(what, fid, got, want);
 }
 
@@ -360,6 +370,15 @@ static bool host_says_quit(void)
 static void one_cycle(void)
 {
     u64 me = read_mpidr();
+    u64 before_cycle = atomic_read(&handled);
+
+    if (hs.tainted) {
+        /* Back to the state a cycle starts from: nothing registered, masked. */
+        call(SDEI_PRIVATE_RESET, 0, 0, 0);
+        call(SDEI_PE_MASK, 0, 0, 0);
+        hs.tainted = false;
+        before_cycle = atomic_read(&handled);
+    }
     u64 v = call(SDEI_VERSION, 0, 0, 0);
 
     expect("VERSION major", SDEI_VERSION, SDEI_VERSION_MAJOR(v), 1);
@@ -391,7 +410,12 @@ static void one_cycle(void)
            call(SDEI_EVENT_REGISTER, 12345, sdei_entry_point(), 0), (u64)SDEI_INVALID_PARAMETERS);
     expect("EVENT_ENABLE(0) unregistered", SDEI_EVENT_ENABLE,
            call(SDEI_EVENT_ENABLE, 0, 0, 0), (u64)SDEI_DENIED);
-    hs.cycles++;
+    if (hs.tainted) {
+        hs.tainted_cycles++;
+    } else {
+        hs.cycles++;
+        hs.handled += atomic_read(&handled) - before_cycle;
+    }
 }
 
 TEST_TIMEOUT(outage_hostile, 3600000000UL)
@@ -424,10 +448,9 @@ TEST_TIMEOUT(outage_hostile, 3600000000UL)
                spin.bad_value, spin.bad_el);
         test_fail(__FILE__, __LINE__, "CPU 1's context changed under a PULL");
     }
-    hs.handled = handled;
     tinfo("cycles=%lu calls=%lu handled=%lu violations=%lu pc_faults=%lu "
-           "retries=%lu spin=%lu", hs.cycles, hs.calls, hs.handled, hs.violations,
-           hs.pc_faults, hs.retries, spin.iterations);
+           "retries=%lu tainted=%lu spin=%lu", hs.cycles, hs.calls, hs.handled,
+           hs.violations, hs.pc_faults, hs.retries, hs.tainted_cycles, spin.iterations);
     EXPECT_TRUE(hs.cycles > 0);
     sdei_pe_mask();
     sdei_private_reset();
