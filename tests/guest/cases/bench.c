@@ -50,13 +50,6 @@ static void sort_u64(u64 *a, unsigned n)
             }
 }
 
-static void sdei_quiesce(void)
-{
-    sdei_pe_mask();
-    sdei_private_reset();
-    sdei_shared_reset();
-}
-
 static void report(const char *name, u64 *s, unsigned n)
 {
     sort_u64(s, n);

@@ -58,13 +58,6 @@
 
 /* Put this PE back to a known SDEI state: masked, nothing registered,
  * nothing bound. Called at the start and end of every case. */
-static void sdei_clean(void)
-{
-    sdei_pe_mask();
-    sdei_private_reset();
-    sdei_shared_reset();
-}
-
 static bool need_cpus(unsigned n)
 {
     if (smp_num_cpus() < n) {
@@ -375,7 +368,7 @@ static s64 call_on(unsigned cpu, u64 fid, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5
 
 TEST(conf_version_features)
 {
-    sdei_clean();
+    sdei_quiesce();
     s64 v = sdei_version();
     ASSERT_TRUE(v >= 0);
     EXPECT_EQ(SDEI_VERSION_MAJOR((u64)v), 1);
@@ -395,12 +388,12 @@ TEST(conf_version_features)
     EXPECT_EQ(sdei_pe_mask(), 0);       /* already masked */
     EXPECT_EQ(sdei_pe_unmask(), 0);
     EXPECT_EQ(sdei_pe_mask(), 1);
-    sdei_clean();
+    sdei_quiesce();
 }
 
 TEST(conf_get_info)
 {
-    sdei_clean();
+    sdei_quiesce();
     struct { u32 ev; s64 type, sig, prio; } t[] = {
         { 0, SDEI_EVENT_TYPE_PRIVATE, 1, SDEI_EVENT_PRIORITY_NORMAL },
         { EV_SHARED_NORMAL, SDEI_EVENT_TYPE_SHARED, 0, SDEI_EVENT_PRIORITY_NORMAL },
@@ -443,7 +436,7 @@ TEST(conf_get_info)
               SDEI_EVENT_REGISTER_RM_PE);
     EXPECT_EQ(sdei_event_get_info(EV_SHARED_NORMAL, SDEI_EVENT_INFO_EV_ROUTING_AFF), aff);
     EXPECT_EQ(sdei_event_unregister(EV_SHARED_NORMAL), 0);
-    sdei_clean();
+    sdei_quiesce();
 }
 
 /* Every call in the three idle states (reg, reG, rEG), for one shared and
@@ -518,7 +511,7 @@ static void idle_states(u32 ev, bool shared)
 
 TEST(conf_states_idle)
 {
-    sdei_clean();
+    sdei_quiesce();
     idle_states(EV_SHARED_NORMAL, true);
     idle_states(EV_PRIV_NORMAL, false);
     idle_states(0, false);
@@ -536,7 +529,7 @@ TEST(conf_states_idle)
     EXPECT_EQ(sdei_event_register(SHARED_SLOT_BASE + 7, EP, ARG(h_count), 0, 0), DENIED);
     EXPECT_EQ(sdei_event_register(PRIV_SLOT_BASE + 7, EP, ARG(h_count), 0, 0), DENIED);
     EXPECT_EQ(sdei_interrupt_release(SHARED_SLOT_BASE + 7), INVALID);   /* not bound */
-    sdei_clean();
+    sdei_quiesce();
 }
 
 /* Every call in the running states, from inside a handler. */
@@ -601,7 +594,7 @@ static const struct sdei_handler h_running_rtc = { running_handler, (void *)SRC_
 
 TEST(conf_states_running)
 {
-    sdei_clean();
+    sdei_quiesce();
 
     /* Private: event 0, signalled to ourselves. */
     memset((void *)&rs, 0, sizeof(rs));
@@ -628,7 +621,7 @@ TEST(conf_states_running)
     EXPECT_WAIT(atomic_read(&rs.ran) == 1, 2000000);
     EXPECT_EQ(sdei_event_status(rs.ev), 0);
     EXPECT_EQ(sdei_interrupt_release(rs.ev), 0);
-    sdei_clean();
+    sdei_quiesce();
 }
 
 /* --------------------------------------- dispatch, entry and exact restore */
@@ -789,7 +782,7 @@ static const struct sdei_handler h_ctx = { ctx_handler, NULL };
  * while conf_ctx_loop spins, and check entry and restore. */
 static void run_ctx_case(bool resume)
 {
-    sdei_clean();
+    sdei_quiesce();
     memset((void *)&cx, 0, sizeof(cx));
     memset(&conf_resume_io, 0, sizeof(conf_resume_io));
     cx.resume = resume;
@@ -865,7 +858,7 @@ static void run_ctx_case(bool resume)
                 test_fail(__FILE__, __LINE__, "x%d at the resume address 0x%lx, was 0x%lx",
                           i, ri->x[i], cx.io.in[i]);
     }
-    sdei_clean();
+    sdei_quiesce();
 }
 
 TEST(conf_dispatch_complete)
@@ -882,7 +875,7 @@ TEST(conf_dispatch_complete_and_resume)
 
 TEST(conf_pe_mask)
 {
-    sdei_clean();
+    sdei_quiesce();
     hs_reset();
     EXPECT_EQ(sdei_pe_mask(), 0);
     EXPECT_EQ(sdei_pe_unmask(), 0);
@@ -914,7 +907,7 @@ TEST(conf_pe_mask)
     EXPECT_EQ(sdei_pe_unmask(), 0);
     EXPECT_EQ(sdei_event_signal(0, read_mpidr()), 0);
     EXPECT_WAIT(atomic_read(&hs.total) == 2, 1000000);
-    sdei_clean();
+    sdei_quiesce();
 }
 
 /* PE_MASK inside a handler is legal and masks the PE. */
@@ -929,7 +922,7 @@ static const struct sdei_handler h_masking = { masking_handler, NULL };
 
 TEST(conf_pe_mask_in_handler)
 {
-    sdei_clean();
+    sdei_quiesce();
     hs_reset();
     ASSERT_EQ(sdei_event_register(0, EP, ARG(h_masking), 0, 0), 0);
     ASSERT_EQ(sdei_event_enable(0), 0);
@@ -939,14 +932,14 @@ TEST(conf_pe_mask_in_handler)
     EXPECT_EQ(mask_in_handler, 1);
     EXPECT_EQ(sdei_pe_mask(), 0);               /* still masked after COMPLETE */
     EXPECT_EQ(sdei_event_status(0), ST_REG | ST_EN);
-    sdei_clean();
+    sdei_quiesce();
 }
 
 /* --------------------------------------------------------- event 0, 4 PEs */
 
 TEST(conf_signal_4pe)
 {
-    sdei_clean();
+    sdei_quiesce();
     hs_reset();
     if (!need_cpus(NCPUS))
         return;
@@ -998,14 +991,14 @@ TEST(conf_signal_4pe)
     EXPECT_EQ(hs.total, NCPUS * NCPUS);
 out:
     workers_stop(NCPUS);
-    sdei_clean();
+    sdei_quiesce();
 }
 
 /* ------------------------------------------------------ shared routing */
 
 TEST(conf_shared_rm_any)
 {
-    sdei_clean();
+    sdei_quiesce();
     hs_reset();
     if (!need_cpus(NCPUS))
         return;
@@ -1056,12 +1049,12 @@ TEST(conf_shared_rm_any)
     EXPECT_EQ(sdei_interrupt_release(ev), 0);
 out:
     workers_stop(NCPUS);
-    sdei_clean();
+    sdei_quiesce();
 }
 
 TEST(conf_shared_rm_pe)
 {
-    sdei_clean();
+    sdei_quiesce();
     hs_reset();
     if (!need_cpus(NCPUS))
         return;
@@ -1112,7 +1105,7 @@ TEST(conf_shared_rm_pe)
     EXPECT_EQ(sdei_interrupt_release(ev), 0);
 out:
     workers_stop(NCPUS);
-    sdei_clean();
+    sdei_quiesce();
 }
 
 /* ------------------------------------------------------- PSCI and a PE */
@@ -1141,7 +1134,7 @@ static void pwr_second(void *arg)
 
 TEST(conf_cpu_off_on_resets_pe)
 {
-    sdei_clean();
+    sdei_quiesce();
     hs_reset();
     if (!need_cpus(2))
         return;
@@ -1170,7 +1163,7 @@ TEST(conf_cpu_off_on_resets_pe)
     EXPECT_EQ(pwr[2], 0);                       /* masked */
     EXPECT_TRUE(cpu_wait_off(1, 2000000));
     EXPECT_EQ(hs.total, 0);
-    sdei_clean();
+    sdei_quiesce();
 }
 
 /* ------------------------------------------------ bound interrupts */
@@ -1189,7 +1182,7 @@ static void ptimer_irq_handler(u32 intid, void *arg)
 
 TEST(conf_bind_spi_rtc)
 {
-    sdei_clean();
+    sdei_quiesce();
     hs_reset();
     rtc_irq_enable(false);
     rtc_irq_clear();
@@ -1238,12 +1231,12 @@ TEST(conf_bind_spi_rtc)
               gic_is_active(INTID_RTC), irq_count(INTID_RTC));
     EXPECT_EQ(irq_count(INTID_RTC), irqs + 1);
     rtc_irq_enable(false);
-    sdei_clean();
+    sdei_quiesce();
 }
 
 TEST(conf_bind_ppi_timer)
 {
-    sdei_clean();
+    sdei_quiesce();
     hs_reset();
     if (!need_cpus(2))
         return;
@@ -1290,14 +1283,14 @@ TEST(conf_bind_ppi_timer)
     EXPECT_EQ(irq_count(INTID_PTIMER), irqs + 1);
 out:
     workers_stop(2);
-    sdei_clean();
+    sdei_quiesce();
 }
 
 /* ------------------------------------------------------------- resets */
 
 TEST(conf_resets)
 {
-    sdei_clean();
+    sdei_quiesce();
     /* PRIVATE_RESET: every private event of this PE, nothing shared. */
     ASSERT_EQ(sdei_event_register(0, EP, ARG(h_count), 0, 0), 0);
     ASSERT_EQ(sdei_event_enable(0), 0);
@@ -1329,7 +1322,7 @@ TEST(conf_resets)
     if (ppis)
         EXPECT_EQ(sdei_interrupt_release(ppi), INVALID);
     EXPECT_EQ(sdei_event_register(spi, EP, ARG(h_rtc), 0, 0), DENIED);
-    sdei_clean();
+    sdei_quiesce();
 }
 
 /* DENIED while running is checked in conf_states_running (PRIVATE_RESET
@@ -1424,7 +1417,7 @@ static const struct sdei_handler h_snormal = { shared_normal_handler, NULL };
 
 TEST_TIMEOUT(conf_priorities, 60000000)
 {
-    sdei_clean();
+    sdei_quiesce();
     memset((void *)&np, 0, sizeof(np));
 
     ASSERT_EQ(sdei_event_register(0, EP, ARG(h_normal), 0, 0), 0);
@@ -1456,7 +1449,7 @@ TEST_TIMEOUT(conf_priorities, 60000000)
     EXPECT_EQ(np.ctx0_after, np.ctx0_before);
     EXPECT_EQ(sdei_event_status(EV_SHARED_CRIT), ST_REG | ST_EN);
     EXPECT_EQ(sdei_event_status(0), ST_REG | ST_EN);
-    sdei_clean();
+    sdei_quiesce();
 }
 
 /* ------------------------------------------------------- back-end outage */
@@ -1471,7 +1464,7 @@ TEST_TIMEOUT(conf_priorities, 60000000)
  */
 TEST_TIMEOUT(outage_resend, 120000000)
 {
-    sdei_clean();
+    sdei_quiesce();
     hs_reset();
     ASSERT_EQ(sdei_event_register(EV_SHARED_NORMAL, EP, ARG(h_count),
                                   SDEI_EVENT_REGISTER_RM_ANY, 0), 0);
@@ -1501,5 +1494,5 @@ TEST_TIMEOUT(outage_resend, 120000000)
     if (host_trigger(EV_SHARED_NORMAL, -1))
         EXPECT_WAIT(atomic_read(&hs.total) == 1, 5000000);
     EXPECT_EQ(hs.last[0].x[0], EV_SHARED_NORMAL);
-    sdei_clean();
+    sdei_quiesce();
 }

@@ -424,9 +424,7 @@ TEST_TIMEOUT(outage_hostile, 3600000000UL)
     memset(&spin, 0, sizeof(spin));
     hs.seed = 0x9e3779b97f4a7c15UL ^ timer_count();
     handled = 0;
-    sdei_pe_mask();
-    sdei_private_reset();
-    sdei_shared_reset();
+    sdei_quiesce();
     exception_set_hook(pc_fault_hook);
 
     ASSERT_TRUE(smp_num_cpus() >= 2);

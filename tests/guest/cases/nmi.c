@@ -53,9 +53,7 @@ static const struct sdei_handler h_nmi = { nmi_handler, NULL };
 
 TEST_TIMEOUT(nmi_inject, 60000000)
 {
-    sdei_pe_mask();
-    sdei_private_reset();
-    sdei_shared_reset();
+    sdei_quiesce();
     memset((void *)&nm, 0, sizeof(nm));
     ASSERT_EQ(sdei_event_get_info(EV_NMI, SDEI_EVENT_INFO_EV_PRIORITY), 1);  /* critical */
     ASSERT_EQ(sdei_event_register(EV_NMI, EP, ARG(h_nmi), SDEI_EVENT_REGISTER_RM_ANY, 0), 0);
@@ -126,9 +124,7 @@ static const struct sdei_handler h_normal = { normal_handler, NULL };
 
 TEST(nmi_line_nested)
 {
-    sdei_pe_mask();
-    sdei_private_reset();
-    sdei_shared_reset();
+    sdei_quiesce();
     memset((void *)&nm, 0, sizeof(nm));
     rtc_irq_enable(false);
     rtc_irq_clear();

@@ -158,6 +158,9 @@ s64 sdei_event_signal(u32 ev, u64 target_mpidr);
 s64 sdei_features(u32 feature);
 s64 sdei_private_reset(void);
 s64 sdei_shared_reset(void);
+/* A case's clean start: this PE masked, every private event of this PE and
+ * every shared event unregistered (PE_MASK, PRIVATE_RESET, SHARED_RESET). */
+void sdei_quiesce(void);
 
 const char *sdei_strerror(s64 ret);
 

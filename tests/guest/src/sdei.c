@@ -131,3 +131,10 @@ s64 sdei_event_signal(u32 ev, u64 target) { return call(SDEI_EVENT_SIGNAL, ev, t
 s64 sdei_features(u32 feature) { return call(SDEI_FEATURES, feature, 0, 0, 0, 0); }
 s64 sdei_private_reset(void) { return call(SDEI_PRIVATE_RESET, 0, 0, 0, 0, 0); }
 s64 sdei_shared_reset(void) { return call(SDEI_SHARED_RESET, 0, 0, 0, 0, 0); }
+
+void sdei_quiesce(void)
+{
+    sdei_pe_mask();
+    sdei_private_reset();
+    sdei_shared_reset();
+}
