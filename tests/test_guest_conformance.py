@@ -27,10 +27,7 @@ import pytest
 
 from sdeid.launcher import REPO
 from sdeid.testing.conformance import (  # noqa: F401  (the tests' names for them)
-    RESULT,
     RUN_TIMEOUT,
-    STATIC_EVENTS,
-    SUMMARY,
     TRIGGER,
     run_guest,
 )

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from sdeid.launcher import Launch, find_qemu
-from tests.test_guest_conformance import RESULT, RUN_TIMEOUT, SUMMARY, guest_image
+from sdeid.testing.conformance import read_results
+from tests.test_guest_conformance import RUN_TIMEOUT, guest_image
 
 pytestmark = pytest.mark.integration
 __all__ = ["guest_image"]     # the fixture
@@ -28,7 +29,7 @@ SDEID_ARGS = ["--event=300:shared:critical", "--nmi-event=300",
 def test_inject_nmi_and_a_nested_interrupt_backed_critical_event(
         guest_image: Path, tmp_path: Path) -> None:
     qemu = find_qemu()
-    results: dict[str, str] = {}
+    results: dict[str, tuple[str, str]] = {}
     nmi_events: list[dict[str, object]] = []
     stats: dict[str, int] = {}
     monitor = tmp_path / "mon.sock"
@@ -40,11 +41,12 @@ def test_inject_nmi_and_a_nested_interrupt_backed_critical_event(
         vm.wait_connected(30)
         with vm.control() as ctl:
             info = ctl.execute("query-sdei")
-        for line in vm.iter_lines(timeout=RUN_TIMEOUT):
+        def host_step(line: str) -> bool:
+            nonlocal stats, nmi_events
             if WAIT_NMI.match(line):
                 with vm.qemu_monitor() as mon:
                     mon.execute("inject-nmi")
-                continue
+                return True
             if line == "SDEI-WAIT-HOST-NMI":     # read while the VM (and sdeid) runs
                 # The guest unregistered event 300: this NMI is refused, and
                 # the operator sees it (event and stats).
@@ -59,17 +61,15 @@ def test_inject_nmi_and_a_nested_interrupt_backed_critical_event(
                     nmi_events = [e["data"] for e in ctl.execute("query-events")
                                   if e["event"] == "SDEI_NMI"]
                 vm.send_console(b"+\n")
-                continue
-            m = RESULT.match(line)
-            if m:
-                results[m.group(1)] = f"{m.group(2)} {m.group(3) or ''}".strip()
-            if SUMMARY.match(line):
-                break
+                return True
+            return False
+
+        read_results(vm, host_step, RUN_TIMEOUT, results)
         console = list(vm.lines)
     print("\n".join(ln for ln in console if "nmi_" in ln))
     print("SDEI_NMI events:", nmi_events, "stats:",
           {k: v for k, v in stats.items() if k.startswith("nmi-")})
-    assert results == {"nmi_inject": "PASS", "nmi_line_nested": "PASS"}, \
+    assert results == {"nmi_inject": ("PASS", ""), "nmi_line_nested": ("PASS", "")}, \
         "\n".join(console[-40:])
     assert nmi_events[0] == {"cpu": 0, "event": 300, "status": 0, "delivered": True}
     refused = nmi_events[1]

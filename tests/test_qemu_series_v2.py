@@ -21,11 +21,10 @@ from pathlib import Path
 import pytest
 
 from sdeid.launcher import ControlClient, Launch, find_qemu
+from sdeid.testing.conformance import read_results
 from tests.test_guest_conformance import (
     HOST_STEP,
-    RESULT,
     RUN_TIMEOUT,
-    SUMMARY,
     TRIGGER,
     registered_cases,
     run_guest,
@@ -228,14 +227,15 @@ def test_outage_a_waiting_vcpu_waits_and_a_resent_call_is_answered_once(
     mon_path = tmp_path / "qemu-qmp.sock"
     journal = tmp_path / "sdeid.journal"
     steps: list[int] = []
-    results: dict[str, str] = {}
+    results: dict[str, tuple[str, str]] = {}
     monitor_answers = 0
     with Launch(["-kernel", str(guest_image), "-append", "tests=outage_resend",
                  "-qmp", f"unix:{mon_path},server=on,wait=off"],
                 qemu=qemu, smp=1, memory="256M", protocol=2,
                 sdeid_args=["--event=100:shared:normal", "--state-file", str(journal)],
                 keep_dir=tmp_path / "run", capture_output=True, console_input=True) as vm:
-        for line in vm.iter_lines(timeout=RUN_TIMEOUT):
+        def host_step(line: str) -> bool:
+            nonlocal monitor_answers
             m = HOST_STEP.match(line)
             if m:
                 step = int(m.group(1))
@@ -262,20 +262,18 @@ def test_outage_a_waiting_vcpu_waits_and_a_resent_call_is_answered_once(
                     vm.send_console(b"+2\n")
                     time.sleep(0.5)
                     vm.restart_daemon()
-                continue
+                return True
             m = TRIGGER.match(line)
             if m:
                 vm.wait_connected(30)
                 vm.trigger(int(m.group(1)))
                 vm.send_console(b"+%s\n" % m.group(1).encode())
-                continue
-            m = RESULT.match(line)
-            if m:
-                results[m.group(1)] = f"{m.group(2)} {m.group(3) or ''}".strip()
-            if SUMMARY.match(line):
-                break
+                return True
+            return False
+
+        read_results(vm, host_step, RUN_TIMEOUT, results)
         console = list(vm.lines)
     print("\n".join(ln for ln in console if "outage_resend" in ln))
     assert steps == [1, 2], console[-30:]
     assert monitor_answers >= 10, monitor_answers
-    assert results == {"outage_resend": "PASS"}, "\n".join(console[-40:])
+    assert results == {"outage_resend": ("PASS", "")}, "\n".join(console[-40:])

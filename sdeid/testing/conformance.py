@@ -21,6 +21,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from sdeid.launcher import ControlError, Launch, default_accel
@@ -33,6 +34,26 @@ RESULT = re.compile(r"^SDEI-TEST (\S+) (PASS|FAIL)(?: (.*))?$")
 SUMMARY = re.compile(r"^SDEI-TEST-SUMMARY passed=(\d+) failed=(\d+)$")
 TRIGGER = re.compile(r"^SDEI-WAIT-TRIGGER (\d+)(?: (\d+))?$")
 MARKER = "CONFORMANCE "
+
+
+def read_results(vm: Launch, react: Callable[[str], bool], timeout: float,
+                 results: dict[str, tuple[str, str]]) -> tuple[int, int] | None:
+    """Read the guest's console up to its SDEI-TEST-SUMMARY: each line goes to
+    `react` first (a host step a case asks for; it returns True when the line was
+    one), then every `SDEI-TEST name PASS|FAIL detail` goes into `results` (filled
+    as they come, so a caller that meets a timeout keeps what was seen).  Returns
+    the summary (passed, failed), or None when the console ended without one."""
+    for line in vm.iter_lines(timeout=timeout):
+        if react(line):
+            continue
+        m = RESULT.match(line)
+        if m:
+            results[m.group(1)] = (m.group(2), m.group(3) or "")
+            continue
+        m = SUMMARY.match(line)
+        if m:
+            return int(m.group(1)), int(m.group(2))
+    return None
 
 
 def run_guest(image: Path, qemu: str | None, conduit: str, *, accel: str | None = None,
@@ -58,25 +79,21 @@ def run_guest(image: Path, qemu: str | None, conduit: str, *, accel: str | None 
                 smp=smp, memory="256M", conduit="hvc" if kvm else conduit, accel=accel,
                 sdeid_args=[f"--event={e}" for e in STATIC_EVENTS],
                 capture_output=True, console_input=True, echo=echo) as vm:
+        def trigger(line: str) -> bool:
+            m = TRIGGER.match(line)
+            if not m:
+                return False
+            event, pe = int(m.group(1)), m.group(2)
+            try:
+                vm.trigger(event, None if pe is None else int(pe))
+                vm.send_console(b"+%d\n" % event)
+            except (ControlError, OSError) as e:
+                trigger_errors.append(f"sdei-trigger {event} {pe}: {e}")
+                vm.send_console(b"!%d\n" % event)
+            return True
+
         try:
-            for line in vm.iter_lines(timeout=RUN_TIMEOUT):
-                m = TRIGGER.match(line)
-                if m:
-                    event, pe = int(m.group(1)), m.group(2)
-                    try:
-                        vm.trigger(event, None if pe is None else int(pe))
-                        vm.send_console(b"+%d\n" % event)
-                    except (ControlError, OSError) as e:
-                        trigger_errors.append(f"sdei-trigger {event} {pe}: {e}")
-                        vm.send_console(b"!%d\n" % event)
-                    continue
-                m = RESULT.match(line)
-                if m:
-                    results[m.group(1)] = (m.group(2), m.group(3) or "")
-                    continue
-                m = SUMMARY.match(line)
-                if m:
-                    summary = (int(m.group(1)), int(m.group(2)))
+            summary = read_results(vm, trigger, RUN_TIMEOUT, results)
             code = vm.wait(timeout=30)
         except TimeoutError:
             code = None
