@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--nmi-event", type=int, metavar="N",
                     help="trigger static event N on QEMU's NMI (QMP inject-nmi, "
                     "-action watchdog=inject-nmi); critical priority recommended")
+    ap.add_argument("--nmi-ghes", action="store_true",
+                    help="deliver an NMI as a fatal GHES error record notified by the "
+                    "--nmi-event (QEMU's ghes-event): a stock Linux kernel with GHES "
+                    "panics from that event's handler; needs --qmp")
     ap.add_argument("--sdei-version", choices=["1.0", "1.1"],
                     help="SDEI version reported to the guest (default 1.1)")
     ap.add_argument("--private-slots", type=int, metavar="N",
@@ -120,7 +124,11 @@ async def serve(args: argparse.Namespace) -> int:
             nmi.number)
     daemon = Daemon2(config, state_file=args.state_file,
                      allowed_uids={os.getuid(), *args.allow_uid},
-                     allow_any_uid=args.allow_any_uid, nmi_event=settings.nmi_event)
+                     allow_any_uid=args.allow_any_uid, nmi_event=settings.nmi_event,
+                     nmi_ghes=args.nmi_ghes)
+    if args.nmi_ghes and (settings.nmi_event is None or args.qmp is None):
+        raise ConfigError("--nmi-ghes needs --nmi-event N (the GHES source's event) and "
+                          "--qmp PATH (the record is written through QEMU's monitor)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -137,6 +145,7 @@ async def serve(args: argparse.Namespace) -> int:
         if args.qmp is not None:
             hooks = QmpHooks(args.qmp, daemon._observe,
                              on_shutdown=stop.set if args.exit_with_vm else None)
+            daemon.record_writer = hooks.inject_ghes
             await hooks.start()
         if args.ready_fd is not None:
             os.write(args.ready_fd, b"READY\n")

@@ -26,7 +26,6 @@ from sdeid import __version__
 from sdeid.errors import ConfigError
 from sdeid.lifecycle import peer_uid
 from sdeid.model.abi import EventType, Ret
-from sdeid.proto.spec import ERROR_KINDS
 
 if TYPE_CHECKING:
     from sdeid.proto.daemon import Daemon2
@@ -340,8 +339,8 @@ class ControlServer:
         if address >= 1 << 64 or event >= 1 << 31:
             raise QmpError("Parameter out of range")
         try:
-            # The VMM answers whether it wrote the record (GHESv2 read-ack).
-            ret = await self.daemon.inject_error(event, ERROR_KINDS["MEMORY"], address, pe)
+            # QEMU answers whether it wrote the record (GHESv2 read-ack).
+            ret = await self.daemon.inject_error(event, address, pe)
         except LookupError as e:
             raise QmpError(str(e)) from e
         if ret != Ret.SUCCESS:

@@ -5,6 +5,11 @@ invariant 2), so nothing here changes dispatcher state: the device socket
 carries reset, power and state.  The hooks log the VM's lifecycle, record it
 for operators, turn on migration events, and end the daemon when the VM
 shuts down (`--exit-with-vm`).
+
+The one command sdeid sends for the guest's sake is `inject-ghes-v2-error`
+(`inject_ghes`): an error record is written into guest memory when the
+command returns, and only then does the daemon raise the event that tells
+the guest to read it, so the order the guest sees is the daemon's.
 """
 
 from __future__ import annotations
@@ -14,8 +19,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from qemu.qmp import QMPClient
+from qemu.qmp import QMPClient, Runstate
 from qemu.qmp.error import QMPError
+from qemu.qmp.qmp_client import ExecuteError
+
+from sdeid import cper
 
 log = logging.getLogger("sdeid.qmp")
 HISTORY_KEPT = 16
@@ -35,6 +43,7 @@ class QmpHooks:
         self.connect_timeout = connect_timeout
         self.client = QMPClient("sdeid")
         self.task: asyncio.Task[None] | None = None
+        self._ghes_event: int | None = None     # the smccc-user device's ghes-event
 
     async def start(self) -> None:
         self.task = asyncio.create_task(self._run(), name="qmp-hooks")
@@ -81,6 +90,44 @@ class QmpHooks:
             log.warning("QMP hooks stopped: %s", e)
             if self.on_shutdown is not None and isinstance(e, (EOFError, ConnectionError)):
                 self.on_shutdown()
+
+    async def inject_ghes(self, event: int, record: bytes) -> None:
+        """Write `record` into the GHES source that SDEI event `event`
+        notifies (the smccc-user device's ghes-event), with QEMU's
+        inject-ghes-v2-error.  cper.RecordBusy while the guest has not
+        acknowledged the previous record; LookupError when it cannot be
+        written at all."""
+        if self.client.runstate != Runstate.RUNNING:
+            raise LookupError(f"QEMU's QMP monitor {self.path} is not connected")
+        try:
+            if self._ghes_event is None:
+                self._ghes_event = await self._find_ghes_event()
+            if event != self._ghes_event:
+                raise LookupError(
+                    f"QEMU has no error source notified by event {event} "
+                    + (f"(its smccc-user device has ghes-event={self._ghes_event})"
+                       if self._ghes_event else "(its smccc-user device has no ghes-event)"))
+            await self.client.execute("inject-ghes-v2-error", cper.qmp_argument(record))
+        except ExecuteError as e:
+            # QEMU's words for a source whose last record is unread (ghes.c).
+            if "does not acknowledge" in str(e):
+                raise cper.RecordBusy(str(e)) from None
+            raise LookupError(f"QEMU refused the error record: {e}") from None
+        except QMPError as e:
+            raise LookupError(f"QEMU's QMP monitor: {e}") from None
+
+    async def _find_ghes_event(self) -> int:
+        """The ghes-event property of QEMU's smccc-user device, 0 if none."""
+        for parent in ("/machine/peripheral", "/machine/peripheral-anon"):
+            children = await self.client.execute("qom-list", {"path": parent})
+            assert isinstance(children, list)
+            for child in children:
+                if child["type"] == "child<smccc-user>":
+                    value = await self.client.execute("qom-get", {
+                        "path": f"{parent}/{child['name']}", "property": "ghes-event"})
+                    assert isinstance(value, int)
+                    return value
+        return 0
 
     async def close(self) -> None:
         if self.task is not None:

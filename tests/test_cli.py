@@ -49,7 +49,7 @@ def test_print_capabilities() -> None:
     caps = json.loads(out.stdout)
     assert caps["type"] == "sdei"
     assert caps["protocol-version"] == 2
-    assert set(caps["features"]) == {"state", "lines", "pe-power", "error-records", "nmi"}
+    assert set(caps["features"]) == {"state", "lines", "pe-power", "nmi"}
     assert caps["sdei-versions"] == ["1.0", "1.1"]
 
 
@@ -61,6 +61,8 @@ def test_print_capabilities() -> None:
     (["--socket-path", "/tmp/x.sock", "--private-slots", "17"], "private-slots must be"),
     (["--socket-path", "/nonexistent-dir/x.sock"], "cannot listen on"),
     (["--socket-path", "/tmp/x.sock", "--config", "/nonexistent.toml"], "cannot read"),
+    (["--socket-path", "/tmp/x.sock", "--event", "100:shared:critical", "--nmi-event", "100",
+      "--nmi-ghes"], "--nmi-ghes needs"),
 ])
 def test_bad_configuration_exits_early_with_one_line(args: list[str], reason: str) -> None:
     t0 = time.monotonic()

@@ -30,7 +30,7 @@ from sdeid.model.abi import Fid
 from sdeid.proto import codec as c
 from sdeid.proto import spec
 from sdeid.proto.daemon import Daemon2
-from sdeid.testing.frontend2 import FrontendCore, SocketFrontend
+from sdeid.testing.frontend2 import FakeGhes, FrontendCore, SocketFrontend
 from tests.sim import EP, SHARED_EV, config
 
 MPIDRS = (0, 1, 2, 3)
@@ -181,10 +181,14 @@ async def test_different_topology_is_refused(daemon: Daemon2,
                                              caplog: pytest.LogCaptureFixture) -> None:
     await close(daemon, await connect(daemon))
     with caplog.at_level(logging.ERROR, logger="sdeid"):
-        g = await run(SocketFrontend, str(daemon.socket_path), FrontendCore((0, 1)))
-        with pytest.raises((EOFError, OSError)):
-            await run(g.call, 0, Fid.VERSION)
-        await run(g.close)
+        try:
+            g = await run(SocketFrontend, str(daemon.socket_path), FrontendCore((0, 1)))
+        except OSError:
+            pass        # refused while it was still sending its channels
+        else:
+            with pytest.raises((EOFError, OSError)):
+                await run(g.call, 0, Fid.VERSION)
+            await run(g.close)
         await until(lambda: any("different topology" in r.message for r in caplog.records))
     assert daemon.backend.dispatcher is not None
     assert daemon.backend.dispatcher.topology.nr_pes == 4
@@ -302,6 +306,9 @@ async def test_a_control_frame_stalled_midway_holds_up_no_vcpu(daemon: Daemon2) 
                         (Fid.PE_UNMASK,)):
             assert await run(fe.ret, 0, fid, *a) == 0
         with fe.lock:
+            # The claim's answer went out before: nothing of the front-end's
+            # own can come between the two halves below.
+            assert fe.kick.wait_for(lambda: (34, 0) in fe.core.claimed, 5)
             high = fe.core.line_level(34, 0, 1)
         fe.send_control(high[:10])
         for pe in range(4):
@@ -425,6 +432,11 @@ async def test_error_injection_writes_the_record_before_the_event(daemon: Daemon
     fe = await connect(daemon)
     core = fe.core
     assert isinstance(core, RecordingCore)
+    ghes = FakeGhes(SHARED_EV)
+    # The record is in guest memory when the writer returns; the log shows
+    # whether the KICK came after it.
+    ghes.on_write = lambda record: core.log.append("RECORD")
+    daemon.record_writer = ghes.write
     try:
         assert await run(fe.ret, 1, Fid.EVENT_REGISTER, SHARED_EV, EP, 0xE44, 0, 0) == 0
         assert await run(fe.ret, 1, Fid.PE_UNMASK) == 0
@@ -434,30 +446,34 @@ async def test_error_injection_writes_the_record_before_the_event(daemon: Daemon
             await qmp.execute("sdei-inject-error", {"event": 2000, "address": 0x1000})
         with pytest.raises(ExecuteError, match="non-negative"):
             await qmp.execute("sdei-inject-error", {"event": SHARED_EV, "address": -1})
-        assert core.records == [] and "ERROR_RECORD" not in core.log
+        ghes.refuse = "QEMU refused the error record: no GHES error source (yet)"
+        with pytest.raises(ExecuteError, match="no GHES error source"):
+            await qmp.execute("sdei-inject-error", {"event": SHARED_EV, "address": 0x1000})
+        ghes.refuse = None
+        assert ghes.records == [] and "RECORD" not in core.log
         assert await run(fe.ret, 1, Fid.EVENT_ENABLE, SHARED_EV) == 0
         await qmp.execute("sdei-inject-error", {"event": SHARED_EV, "address": 0x4000_2000})
         assert await run(fe.wait_kick, 1)
         with fe.lock:
-            assert core.records == [{"event": SHARED_EV, "kind": spec.ERROR_KINDS["MEMORY"],
-                                     "address": 0x4000_2000}]
-            assert core.log[-2:] == ["ERROR_RECORD", "KICK"]   # the record first
+            assert [ghes.address(r) for r in ghes.records] == [0x4000_2000]
+            assert core.log[-2:] == ["RECORD", "KICK"]   # the record first
         rep = await run(fe.pull, 1)
         assert rep.action == spec.ACTIONS["ENTER"] and rep.x[0] == SHARED_EV
+        stats = await qmp.execute("query-stats")
+        assert stats["error-records-delivered"] == 1 and stats["error-records-refused"] == 3
     finally:
         await close(daemon, fe)
         await qmp.disconnect()
         await control.close()
 
 
-async def test_error_injection_needs_the_feature(daemon: Daemon2) -> None:
-    core = FrontendCore(MPIDRS, features=spec.FEATURES_ALL & ~spec.FEATURES["ERROR_RECORDS"])
-    fe = await connect(daemon, core=core)
+async def test_error_injection_needs_qemus_monitor(daemon: Daemon2) -> None:
+    fe = await connect(daemon)
     try:
         assert await run(fe.ret, 0, Fid.EVENT_REGISTER, SHARED_EV, EP, 1, 0, 0) == 0
-        with pytest.raises(LookupError, match="ERROR_RECORDS"):
-            await daemon.inject_error(SHARED_EV, 1, 0x1000, None)
-        assert core.records == []
+        with pytest.raises(LookupError, match="sdeid --qmp"):
+            await daemon.inject_error(SHARED_EV, 0x1000, None)
+        assert not fe.core.kicked
         assert daemon.extra_stats["error-records-refused"] == 1
     finally:
         await close(daemon, fe)

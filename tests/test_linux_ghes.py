@@ -8,8 +8,8 @@ a static shared event of the daemon (`--event 100:shared:normal`).  Checked:
 - the guest finds the SDEI table and detects SDEI, and its GHES driver
   registers and enables event 100 at boot (query-sdei);
 - `sdei-inject-error {"event": 100, "address": GPA}` on the control socket
-  makes the daemon send ERROR_RECORD (QEMU writes a CPER memory-error record
-  into the source's error status block) and then trigger the event; the
+  makes the daemon write a CPER memory-error record into the source's error
+  status block with QEMU's QMP `inject-ghes-v2-error`, then trigger the event; the
   guest's GHES SDEI handler logs `[Hardware Error]` lines naming the memory
   error at that address;
 - the daemon counted the dispatch and its completion, and the guest printed
@@ -171,7 +171,7 @@ def test_memory_error_is_logged_by_the_guest(qemu: str, assets: dict[str, str], 
             assert stats.get("completions", 0) == before.get("completions", 0) + 1, stats
             observed = ctl.execute("query-events")
             records = [e["data"] for e in observed if e["event"] == "SDEI_ERROR_RECORD"]
-            assert records == [{"event": EVENT, "kind": 1, "address": ADDRESS}], observed
+            assert records == [{"event": EVENT, "address": ADDRESS, "severity": 0}], observed
             triggers = [e["data"] for e in observed if e["event"] == "SDEI_TRIGGER"]
             assert [t["event"] for t in triggers] == [EVENT] and triggers[0]["status"] == 0
             # after completion the event is enabled again and nothing is left pending
@@ -207,3 +207,39 @@ def test_memory_error_is_logged_by_the_guest(qemu: str, assets: dict[str, str], 
     print("\n".join(hw))
     bad = [ln for ln in console if SDEI_ERROR.search(ln)]
     assert not bad, f"SDEI errors on the console: {bad}"
+
+
+NMI_SPIN = "for i in 1 2; do (while :; do :; done) & done; echo SPINNING"
+PANIC = r"Kernel panic - not syncing: GHES: Fatal hardware error"
+
+
+def test_inject_nmi_panics_a_stock_guest_through_a_fatal_ghes_record(
+        qemu: str, assets: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    """Issue 11, mechanism (a): QEMU's `inject-nmi` reaches sdeid (the
+    device's NMI interface), which writes a *fatal* CPER record into the
+    SDEI-notified GHES source (`--nmi-ghes`, through QEMU's
+    inject-ghes-v2-error) and raises the source's critical event; the stock
+    kernel's GHES SDEI handler panics, with both vCPUs busy in user space."""
+    _check_firmware(assets)
+    args = ["-kernel", assets["KERNEL"], "-initrd", assets["INITRD"], "-append", APPEND]
+    with Launch(args, qemu=qemu, firmware="uefi", smp=2, memory="1G",
+                sdeid_args=["--event", f"{EVENT}:shared:critical", "--nmi-event", str(EVENT),
+                            "--nmi-ghes"],
+                device_props=f"ghes-event={EVENT}", keep_dir=tmp_path / "run",
+                capture_output=True, console_input=True,
+                echo=sys.stdout if os.environ.get("SDEID_TEST_ECHO") else None) as vm:
+        _expect(vm, r"SDEID-CMD\? 1$", BOOT_TIMEOUT, "boot")
+        vm.send_console(NMI_SPIN.encode() + b"\n")
+        _expect(vm, r"SPINNING$", STEP_TIMEOUT, "busy loops")
+        t0 = time.monotonic()
+        with vm.qemu_monitor() as mon:
+            mon.execute("inject-nmi")
+        _expect(vm, PANIC, STEP_TIMEOUT, "the guest's panic")
+        took = time.monotonic() - t0
+        vm.wait(timeout=STEP_TIMEOUT)      # panic=-1 -no-reboot: QEMU exits
+        console = list(vm.lines)
+        events = vm.daemon_log.read_text(errors="replace")
+    hw = [ln for ln in console if "[Hardware Error]" in ln or "panic" in ln.lower()]
+    print(f"\ninject-nmi -> panic line in {took * 1000:.0f} ms:\n" + "\n".join(hw[-12:]))
+    assert any("event severity: fatal" in ln for ln in console), hw
+    assert "fatal error record, event 100 triggered" in events, events[-2000:]

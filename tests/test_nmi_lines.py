@@ -69,6 +69,20 @@ def test_nmi_triggers_the_configured_event_journaled_and_reported() -> None:
     assert b.dispatcher == p.backend.dispatcher
 
 
+def test_nmi_with_nmi_ghes_asks_the_daemon_for_a_record_and_triggers_nothing() -> None:
+    """--nmi-ghes: the record is written through QEMU's monitor, which only
+    the daemon can do, before the event; the core triggers nothing itself."""
+    p = Pair(2, backend=s.Backend(cfg(), nmi_event=NMI_EV, nmi_ghes=True))
+    p.connect()
+    register_enable(p, 0, NMI_EV)
+    p.fe.kicked.clear()
+    p.journal.clear()
+    p.control(c.encode_control("NMI", {"cpu": 1}))
+    assert p.nmi_records == [s.NmiRecord(1, NMI_EV)]
+    assert not p.fe.kicked and p.journal == []
+    assert p.backend.nmi_stats["nmi-received"] == 1
+
+
 def test_nmi_for_an_unregistered_event_is_refused_and_counted() -> None:
     p = Pair(1, backend=s.Backend(cfg(), nmi_event=NMI_EV))
     p.connect()

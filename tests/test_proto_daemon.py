@@ -13,7 +13,7 @@ from qemu.qmp.qmp_client import ExecuteError
 
 from sdeid.model.abi import Fid
 from sdeid.proto import spec
-from sdeid.testing.frontend2 import FrontendCore, SocketFrontend
+from sdeid.testing.frontend2 import FakeGhes, FrontendCore, SocketFrontend
 from tests.test_cli import start, stop
 
 HANDLER = 0x40100000
@@ -29,7 +29,7 @@ async def _in_thread(fn, *args):  # type: ignore[no-untyped-def]
     return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
 
 
-async def test_operator_trigger_and_error_record_reach_the_v2_front_end(
+async def test_operator_trigger_reaches_the_v2_front_end_and_records_need_qmp(
         tmp_path: Path) -> None:
     p = _daemon(tmp_path)
     fe = SocketFrontend(str(tmp_path / "sdei.sock"), FrontendCore((0, 1)))
@@ -41,14 +41,12 @@ async def test_operator_trigger_and_error_record_reach_the_v2_front_end(
         await qmp.connect(str(tmp_path / "ctl.sock"))
         status = await qmp.execute("query-status")
         assert status["connected"] is True and status["pes"] == 2
-        # No such error source in the VMM: refused, nothing triggered.
-        fe.core.record_status = spec.STATUS["ENOENT"]
-        with pytest.raises(ExecuteError, match="no error source"):
+        # Records are written through QEMU's QMP monitor: without --qmp the
+        # injection is refused with the reason, and nothing is triggered.
+        with pytest.raises(ExecuteError, match="QMP monitor"):
             await qmp.execute("sdei-inject-error", {"event": 100, "address": 0x44000000})
-        assert fe.core.records == [] and not fe.core.kicked
-        fe.core.record_status = 0
-        await qmp.execute("sdei-inject-error", {"event": 100, "address": 0x44000000})
-        assert fe.core.records == [{"event": 100, "kind": 1, "address": 0x44000000}]
+        assert not fe.core.kicked
+        await qmp.execute("sdei-trigger", {"event": 100})
         assert await _in_thread(fe.wait_kick, 0)
         rep = await _in_thread(fe.pull, 0)
         assert rep.action == spec.ACTIONS["ENTER"] and rep.x[0] == 100
@@ -56,7 +54,7 @@ async def test_operator_trigger_and_error_record_reach_the_v2_front_end(
         assert sdei["pes"][0]["running"] == [100]
         stats = await qmp.execute("query-stats")
         assert stats["dispatches"] == 1
-        assert stats["error-records-delivered"] == 1 and stats["error-records-refused"] == 1
+        assert stats["error-records-delivered"] == 0 and stats["error-records-refused"] == 1
     finally:
         await qmp.disconnect()
         await _in_thread(fe.close)
@@ -92,15 +90,17 @@ async def _inprocess(tmp_path: Path):  # type: ignore[no-untyped-def]
     from sdeid.config import load_config
     from sdeid.proto.daemon import Daemon2
     d = Daemon2(load_config(None, ["100:shared:normal"], None, None, None))
+    ghes = FakeGhes(100)
+    d.record_writer = ghes.write
     await d.listen_path(tmp_path / "sdei.sock")
     fe = await _in_thread(SocketFrontend, str(tmp_path / "sdei.sock"), FrontendCore((0, 1)))
     for fid, *a in ((Fid.EVENT_REGISTER, 100, HANDLER, 9, 0, 0), (Fid.EVENT_ENABLE, 100),
                     (Fid.PE_UNMASK,)):
         assert await _in_thread(fe.ret, 0, fid, *a) == 0
-    return d, fe
+    return d, fe, ghes
 
 
-def _guest(fe: SocketFrontend, n: int, seen: list[int]) -> None:
+def _guest(fe: SocketFrontend, ghes: FakeGhes, n: int, seen: list[int]) -> None:
     """A guest's GHES handler: take the event, read (acknowledge) the
     record, complete; n times."""
     while len(seen) < n:
@@ -110,20 +110,19 @@ def _guest(fe: SocketFrontend, n: int, seen: list[int]) -> None:
         if rep.action != spec.ACTIONS["ENTER"]:
             continue
         with fe.lock:
-            seen.append(fe.core.records[-1]["address"])
-            fe.core.ack()
+            seen.append(ghes.address(ghes.records[-1]))
+            ghes.ack()
         fe.call(0, Fid.EVENT_COMPLETE, 0)
 
 
 async def test_a_burst_of_error_records_is_delivered_one_per_acknowledgement(
         tmp_path: Path) -> None:
-    d, fe = await _inprocess(tmp_path)
-    fe.core.read_ack = True
+    d, fe, ghes = await _inprocess(tmp_path)
     seen: list[int] = []
-    guest = asyncio.get_running_loop().run_in_executor(None, _guest, fe, 31, seen)
+    guest = asyncio.get_running_loop().run_in_executor(None, _guest, fe, ghes, 31, seen)
     try:
         addrs = [0x44000000 + i * 0x1000 for i in range(31)]
-        results = await asyncio.gather(*(d.inject_error(100, 1, a, None) for a in addrs))
+        results = await asyncio.gather(*(d.inject_error(100, a, None) for a in addrs))
         await asyncio.wait_for(guest, 20)
         assert results == [0] * 31
         assert sorted(seen) == addrs               # every record reached the guest once
@@ -136,22 +135,75 @@ async def test_a_burst_of_error_records_is_delivered_one_per_acknowledgement(
 
 async def test_error_records_beyond_the_queue_bound_are_refused(tmp_path: Path) -> None:
     from sdeid.proto import daemon as dmod
-    d, fe = await _inprocess(tmp_path)
-    fe.core.read_ack = True
-    fe.core.unacked = True            # the guest never acknowledges
+    d, fe, ghes = await _inprocess(tmp_path)
+    ghes.unacked = True               # the guest never acknowledges
     old = dmod.ACK_TIMEOUT
     dmod.ACK_TIMEOUT = 0.3
     try:
         n = dmod.MAX_QUEUED_RECORDS + 6
-        res = await asyncio.gather(*(d.inject_error(100, 1, 0x44000000 + i * 0x1000, None)
+        res = await asyncio.gather(*(d.inject_error(100, 0x44000000 + i * 0x1000, None)
                                      for i in range(n)), return_exceptions=True)
         full = [r for r in res if isinstance(r, LookupError) and "already waiting" in str(r)]
         late = [r for r in res if isinstance(r, LookupError) and "did not acknowledge" in str(r)]
         assert len(full) == 6 and len(late) == dmod.MAX_QUEUED_RECORDS
-        assert fe.core.records == []
+        assert ghes.records == []
         assert d.extra_stats["error-records-refused"] == n
         assert d.extra_stats["error-records-queued"] == 0
     finally:
         dmod.ACK_TIMEOUT = old
         await _in_thread(fe.close)
         await d.close()
+
+
+async def test_an_nmi_with_nmi_ghes_writes_a_fatal_record_then_raises_the_event(
+        tmp_path: Path) -> None:
+    from sdeid import cper
+    from sdeid.config import load_config
+    from sdeid.proto import codec
+    from sdeid.proto.daemon import Daemon2
+    d = Daemon2(load_config(None, ["100:shared:critical"], None, None, None),
+                nmi_event=100, nmi_ghes=True)
+    ghes = FakeGhes(100)
+    order: list[str] = []
+    ghes.on_write = lambda record: order.append("record")
+    d.record_writer = ghes.write
+    seen: list[dict[str, object]] = []
+    d.listeners.append(seen.append)
+    await d.listen_path(tmp_path / "sdei.sock")
+    fe = await _in_thread(SocketFrontend, str(tmp_path / "sdei.sock"), FrontendCore((0, 1)))
+    try:
+        for fid, *a in ((Fid.EVENT_REGISTER, 100, HANDLER, 9, 0, 0), (Fid.EVENT_ENABLE, 100),
+                        (Fid.PE_UNMASK,)):
+            assert await _in_thread(fe.ret, 0, fid, *a) == 0
+        await _in_thread(fe.send_control, codec.encode_control("NMI", {"cpu": 1}))
+        assert await _in_thread(fe.wait_kick, 0)
+        order.append("kick")
+        assert order == ["record", "kick"]
+        assert [ghes.severity(r) for r in ghes.records] == [cper.SEV_FATAL]
+        for _ in range(100):
+            if any(e["event"] == "SDEI_NMI" for e in seen):
+                break
+            await asyncio.sleep(0.02)
+        nmi = [e["data"] for e in seen if e["event"] == "SDEI_NMI"]
+        assert nmi == [{"cpu": 1, "event": 100, "record": "fatal", "status": 0,
+                        "delivered": True}]
+        assert d.extra_stats["nmi-delivered"] == 1 and d.extra_stats["nmi-refused"] == 0
+        # The guest never acknowledged: a second NMI cannot overwrite the
+        # record and is refused, reported and counted, after ACK_TIMEOUT.
+        from sdeid.proto import daemon as dmod
+        old, dmod.ACK_TIMEOUT = dmod.ACK_TIMEOUT, 0.2
+        try:
+            await _in_thread(fe.send_control, codec.encode_control("NMI", {"cpu": 0}))
+            for _ in range(100):
+                if len([e for e in seen if e["event"] == "SDEI_NMI"]) == 2:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            dmod.ACK_TIMEOUT = old
+        last = [e["data"] for e in seen if e["event"] == "SDEI_NMI"][-1]
+        assert last["delivered"] is False and "did not acknowledge" in str(last["reason"])
+        assert d.extra_stats["nmi-refused"] == 1 and len(ghes.records) == 1
+    finally:
+        await _in_thread(fe.close)
+        await d.close()
+

@@ -394,13 +394,3 @@ def test_operator_trigger_commits_and_kicks() -> None:
     assert p.journal[-1] == ("trigger", 100, -1)
     assert 0 in p.fe.kicked
     assert p.pull(0).x[0] == 100
-
-
-def test_error_record_round_trip_reports_the_status() -> None:
-    p = Pair(1)
-    p.connect()
-    tag, out = p.session.error_record(100, 1, 0x44000000)
-    p.fe.record_status = spec.STATUS["EAGAIN"]
-    p.carry(out)
-    assert p.done[-1] == s.RequestDone("ERROR_RECORD", tag, spec.STATUS["EAGAIN"])
-    assert p.fe.records == []

@@ -11,14 +11,16 @@ that reads the dispatcher from the loop holds `lock`, the ring's lock.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import socket
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from sdeid import cper
 from sdeid.errors import ConfigError, StateError
 from sdeid.lifecycle import (
     MAX_OBSERVED,
@@ -29,6 +31,7 @@ from sdeid.lifecycle import (
     peer_uid,
     qmp_event,
 )
+from sdeid.model.abi import Ret
 from sdeid.model.types import PlatformConfig
 from sdeid.proto import session as s
 from sdeid.proto import spec
@@ -36,11 +39,19 @@ from sdeid.proto.journal import Journal
 from sdeid.proto.ring import Ring
 
 log = logging.getLogger("sdeid.server")
-RECORD_TIMEOUT = 5.0      # one answer from the VMM
+RECORD_TIMEOUT = 5.0      # one answer from QEMU's monitor
 ACK_TIMEOUT = 10.0        # the guest acknowledging the previous record of a source
-RETRY_FIRST = 0.002       # first wait after -EAGAIN, doubled up to RETRY_MAX
+RETRY_FIRST = 0.002       # first wait after a refusal to overwrite, doubled up to RETRY_MAX
 RETRY_MAX = 0.1
 MAX_QUEUED_RECORDS = 64   # injections waiting for their turn, all sources together
+# The address an NMI's fatal record names: no page is at fault, and Linux
+# panics on a fatal record before it looks at the address.
+NMI_RECORD_ADDRESS = 0
+
+
+# Writes one CPER record into the GHES source `event` notifies: returns once
+# it is in guest memory; cper.RecordBusy to retry later, LookupError to refuse.
+RecordWriter = Callable[[int, bytes], Awaitable[None]]
 
 
 class Daemon2:
@@ -48,8 +59,9 @@ class Daemon2:
 
     def __init__(self, config: PlatformConfig, *, state_file: Path | None = None,
                  allowed_uids: set[int] | None = None, allow_any_uid: bool = False,
-                 nmi_event: int | None = None) -> None:
-        self.backend = s.Backend(config, nmi_event=nmi_event)
+                 nmi_event: int | None = None, nmi_ghes: bool = False) -> None:
+        self.backend = s.Backend(config, nmi_event=nmi_event, nmi_ghes=nmi_ghes)
+        self.record_writer: RecordWriter | None = None
         self.state = DaemonState.STARTING
         # Bounded: a front-end that reconnects forever must not grow it.
         self.state_history: deque[DaemonState] = deque([self.state], maxlen=64)
@@ -80,7 +92,8 @@ class Daemon2:
                          state_file, n)
             self.journal.open(self.backend)
         self.ring = Ring(self.backend, journal=self.journal, observe=self._observe,
-                         accept=self._accept_peer, on_change=self._connection_changed)
+                         accept=self._accept_peer, on_change=self._connection_changed,
+                         nmi_record=self._nmi_record_soon)
         self.lock = self.ring.lock
         self._loop: asyncio.AbstractEventLoop | None = None
         # Error records go to a source one at a time, each after the guest
@@ -186,18 +199,20 @@ class Daemon2:
     def trigger(self, event: int, pe: int | None) -> int:
         return self.ring.trigger(event, pe)
 
-    async def inject_error(self, event: int, kind: int, address: int,
-                           pe: int | None) -> int:
-        """Write an error record into the front-end's error source notified
-        by `event`, then raise `event`; returns the trigger's SDEI status.
+    async def inject_error(self, event: int, address: int, pe: int | None,
+                           severity: int = cper.SEV_RECOVERABLE) -> int:
+        """Write a memory-error record at `address` into the VM's GHES
+        source that `event` notifies, then raise `event`; returns the
+        trigger's SDEI status.
 
-        Never overwrites a record the guest has not acknowledged (GHESv2
-        read-ack): while the VMM answers -EAGAIN the injection waits its
-        turn, up to ACK_TIMEOUT, behind earlier ones for the same event.
-        Refused (LookupError, nothing written) when it cannot be delivered:
-        no VM, no such source, the queue is full, or the guest did not
-        acknowledge in time.  Every injection is counted as delivered or
-        refused in query-stats."""
+        The record goes through QEMU's own `inject-ghes-v2-error` on the QMP
+        monitor (`record_writer`), which refuses to overwrite a record the
+        guest has not acknowledged (GHESv2 read-ack): the injection then
+        waits its turn, up to ACK_TIMEOUT, behind earlier ones for the same
+        event.  Refused (LookupError, nothing written) when it cannot be
+        delivered: no VM, no QMP, `event` is not the source's, the queue is
+        full, or the guest did not acknowledge in time.  Every injection is
+        counted as delivered or refused in query-stats."""
         if self._queued >= MAX_QUEUED_RECORDS:
             self.record_stats["error-records-refused"] += 1
             raise LookupError(f"{MAX_QUEUED_RECORDS} error records are already waiting "
@@ -212,7 +227,7 @@ class Daemon2:
             except TimeoutError:
                 raise LookupError(self._late(event)) from None
             try:
-                ret = await self._deliver_record(event, kind, address, pe, deadline)
+                ret = await self._deliver_record(event, address, pe, severity, deadline)
             finally:
                 lock.release()
         except LookupError:
@@ -228,55 +243,67 @@ class Daemon2:
         return (f"the guest did not acknowledge the previous error record of event {event} "
                 f"within {ACK_TIMEOUT:.0f} s; nothing was written")
 
-    async def _deliver_record(self, event: int, kind: int, address: int,
-                              pe: int | None, deadline: float) -> int:
+    async def _deliver_record(self, event: int, address: int, pe: int | None,
+                              severity: int, deadline: float) -> int:
         loop = asyncio.get_running_loop()
+        record = cper.memory_error(address, severity)
         wait = RETRY_FIRST
         while True:
-            status = await self._send_record(event, kind, address, pe)
-            if status != spec.STATUS["EAGAIN"]:
+            writer = self._check_record(event, pe)
+            try:
+                await asyncio.wait_for(writer(event, record), RECORD_TIMEOUT)
                 break
+            except cper.RecordBusy:
+                pass
+            except TimeoutError:
+                raise LookupError("QEMU did not answer inject-ghes-v2-error within "
+                                  f"{RECORD_TIMEOUT:.0f} s") from None
             if loop.time() + wait > deadline:
                 raise LookupError(self._late(event))
             await asyncio.sleep(wait)
             wait = min(wait * 2, RETRY_MAX)
-        if status == spec.STATUS["ENOENT"]:
-            raise LookupError(f"the VMM has no error source notified by event {event}")
-        if status:
-            raise LookupError(f"the VMM refused the error record (status {status})")
-        self._observe("SDEI_ERROR_RECORD", {"event": event, "kind": kind, "address": address})
+        self._observe("SDEI_ERROR_RECORD", {"event": event, "address": address,
+                                            "severity": severity})
         return self.trigger(event, pe)
 
-    async def _send_record(self, event: int, kind: int, address: int,
-                           pe: int | None) -> int:
-        """One ERROR_RECORD exchange; the VMM's status."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[int] = loop.create_future()
-
-        def settle(status: int) -> None:
-            if not fut.done():
-                fut.set_result(status)
-
-        def done(d: s.RequestDone) -> None:
-            loop.call_soon_threadsafe(settle, d.status)
-
+    def _check_record(self, event: int, pe: int | None) -> RecordWriter:
+        """The writer for a record notified by `event`, or LookupError."""
         with self.lock:
             d = self.backend.dispatcher
             c = self.ring.active
             if d is None or c is None or c.session.state != s.ConnState.READY:
                 raise LookupError("no VM is connected")
-            if not c.session.features & spec.FEATURES["ERROR_RECORDS"]:
-                raise LookupError("the VMM has no firmware-first error sources "
-                                  "(feature ERROR_RECORDS not agreed)")
             check_record_target(d, event, pe)
-            self.ring.error_record(event, kind, address, done)
+        if self.record_writer is None:
+            raise LookupError("error records need QEMU's QMP monitor (sdeid --qmp PATH)")
+        return self.record_writer
+
+    async def _nmi_record(self, cpu: int, event: int) -> None:
+        """An NMI delivered as a fatal error record (--nmi-ghes): a stock
+        kernel with GHES panics from the event's handler."""
+        data: dict[str, Any] = {"cpu": cpu, "event": event, "record": "fatal"}
         try:
-            return await asyncio.wait_for(fut, RECORD_TIMEOUT)
-        except TimeoutError:
-            raise LookupError("the VMM did not answer the error record within "
-                              f"{RECORD_TIMEOUT:.0f} s") from None
+            ret = await self.inject_error(event, NMI_RECORD_ADDRESS, None, cper.SEV_FATAL)
+            data.update(status=ret, delivered=ret == 0)
+            if ret:
+                data["reason"] = f"event {event} cannot be triggered: {Ret(ret).name}"
+        except LookupError as e:
+            data.update(status=None, delivered=False, reason=str(e))
+        self.backend.nmi_stats["nmi-delivered" if data["delivered"] else "nmi-refused"] += 1
+        if data["delivered"]:
+            log.info("NMI for CPU %d: fatal error record, event %d triggered", cpu, event)
+        else:
+            log.warning("NMI for CPU %d refused: %s", cpu, data["reason"])
+        self._emit(qmp_event("SDEI_NMI", data))
 
     # ------------------------------------------------------------ hooks
+
+    def _nmi_record_soon(self, cpu: int, event: int) -> None:
+        """From a ring thread: the NMI's record is written on the loop."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            fut = asyncio.run_coroutine_threadsafe(self._nmi_record(cpu, event), loop)
+            fut.add_done_callback(_log_failure)
 
     def _observe(self, kind: str, data: dict[str, Any]) -> None:
         self._call_soon(self._emit, qmp_event(kind, data))
@@ -285,6 +312,11 @@ class Daemon2:
         self.events.append(ev)
         for listener in list(self.listeners):
             listener(ev)
+
+
+def _log_failure(fut: concurrent.futures.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("NMI record failed", exc_info=fut.exception())
 
 
 def _describe(config: PlatformConfig) -> str:

@@ -75,6 +75,34 @@ def c_structs() -> list[tuple[str, spec.Layout]]:
     return out
 
 
+def constants() -> list[tuple[str, int]]:
+    """Every constant of the protocol, with its C name, in the spec's order."""
+    out = [("VERSION", spec.PROTOCOL_VERSION), ("F_REPLY", spec.FLAG_REPLY)]
+    out += [(m.name, m.code) for m in spec.CONTROL]
+    out += [(f"FEAT_{n}", b) for n, b in spec.FEATURES.items()]
+    out += [(f"OP_{n}", v) for n, v in spec.OPS.items()]
+    out.append(("REQ_F_SMC", spec.REQ_F_SMC))
+    out += [(f"POWER_{n}", v) for n, v in spec.POWER_STATES.items()]
+    out += [(f"ACTION_{n}", v) for n, v in spec.ACTIONS.items()]
+    out.append(("REP_F_PULL", spec.REP_F_PULL))
+    out += [(f"STATUS_{n}", v) for n, v in spec.STATUS.items()]
+    return out
+
+
+def c_enum(consts: list[tuple[str, int]], width: int = 80) -> list[str]:
+    """One anonymous enum, filled to QEMU's line length: every value fits an
+    int, and the header is part of QEMU's line budget."""
+    lines, line = ["enum {"], "   "
+    for name, value in consts:
+        item = f" {PREFIX}_{name} = {value},"
+        if len(line) + len(item) > width - 1:
+            lines.append(line)
+            line = "   "
+        line += item
+    lines += [line, "};"]
+    return lines
+
+
 def header_text() -> str:
     """The constants and layouts, without comments: the names are the spec's,
     and the header is part of QEMU's line budget."""
@@ -89,20 +117,8 @@ def header_text() -> str:
         "#ifndef HW_MISC_SMCCC_USER_PROTOCOL_H",
         "#define HW_MISC_SMCCC_USER_PROTOCOL_H",
         "",
-        f"#define {PREFIX}_VERSION {spec.PROTOCOL_VERSION}",
-        f"#define {PREFIX}_F_REPLY {spec.FLAG_REPLY}",
     ]
-    o += [f"#define {PREFIX}_{m.name} {m.code}" for m in spec.CONTROL]
-    o += [f"#define {PREFIX}_FEAT_{n} (1ULL << {b.bit_length() - 1})"
-          for n, b in spec.FEATURES.items()]
-    o += [f"#define {PREFIX}_OP_{n} {v}" for n, v in spec.OPS.items()]
-    o.append(f"#define {PREFIX}_REQ_F_SMC {spec.REQ_F_SMC}")
-    o += [f"#define {PREFIX}_POWER_{n} {v}" for n, v in spec.POWER_STATES.items()]
-    o += [f"#define {PREFIX}_ACTION_{n} {v}" for n, v in spec.ACTIONS.items()]
-    o.append(f"#define {PREFIX}_REP_F_PULL {spec.REP_F_PULL}")
-    o += [f"#define {PREFIX}_RECORD_{n} {v}" for n, v in spec.ERROR_KINDS.items()]
-    o += [f"#define {PREFIX}_STATUS_{n} {f'({v})' if v < 0 else v}"
-          for n, v in spec.STATUS.items()]
+    o += c_enum(constants())
     o.append("")
     o += [c_struct(name, layout) for name, layout in c_structs()]
     o += ["", "#endif"]
@@ -271,13 +287,14 @@ lacks it.
 Error records
 =============
 
-``ERROR_RECORD`` writes a record into a firmware-first error source that
-the guest's OS reads when event ``event`` is signalled: in QEMU an ACPI
-HEST GHESv2 source with notification type 11 (SDEI) whose notification
-vector is the event number.  The back-end writes the record first and
-signals the event after a 0 status; -EAGAIN means the guest has not yet
-acknowledged the previous record (GHESv2 read-ack), so nothing was written
-and the back-end retries later.
+Error records are not messages of this protocol.  With ``ghes-event=E``
+QEMU's ``-M virt,ras=on`` notifies the GHESv2 source of its QMP command
+``inject-ghes-v2-error`` by SDEI event E (HEST notification type 11, the
+event number in the notification's vector) instead of by the GED
+interrupt.  A back-end that injects an error writes the CPER record with
+that QMP command, and signals E only once it succeeded; QEMU refuses the
+command while the guest has not acknowledged the previous record (GHESv2
+read-ack), so a record is never overwritten.
 
 QEMU front-end
 ==============
@@ -290,9 +307,9 @@ QEMU front-end
 ``fids`` lists the SMCCC function ID ranges that are forwarded (``,,``
 separates ranges inside a ``-device`` option).  ``reconnect-ms`` makes QEMU
 reconnect to a restarted back-end; a vCPU in a call meanwhile waits.
-``ghes-event=E`` (an SDEI event number, not 0) adds a GHESv2 error source
-notified by event E to the HEST of ``-M virt,ras=on`` and offers
-``ERROR_RECORDS``.  On ``-M virt`` an smccc-user device also makes the
+``ghes-event=E`` (an SDEI event number, not 0) makes the HEST of
+``-M virt,ras=on`` notify the GHESv2 source of ``inject-ghes-v2-error`` by
+event E.  On ``-M virt`` an smccc-user device also makes the
 machine advertise SDEI (``/firmware/sdei`` in the device tree, the ACPI
 ``SDEI`` table) on the PSCI conduit.  One device per machine; Linux hosts.
 
@@ -348,10 +365,7 @@ def rst_text() -> str:
               "Power states: " + ", ".join(f"``{n}`` = {v}"
                                            for n, v in spec.POWER_STATES.items()),
               "",
-              "Status: " + ", ".join(f"``{n}`` = {v}" for n, v in spec.STATUS.items()),
-              "",
-              "Error record kinds: " + ", ".join(f"``{n}`` = {v}"
-                                                 for n, v in spec.ERROR_KINDS.items())]
+              "Status: " + ", ".join(f"``{n}`` = {v}" for n, v in spec.STATUS.items())]
     return INTRO.format(
         version=spec.PROTOCOL_VERSION, actions=actions, allowed=allowed,
         header="\n".join(_fields_table(spec.CONTROL_HEADER)),

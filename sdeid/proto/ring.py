@@ -190,6 +190,8 @@ class Connection:
                 ring.request_done(o)
             elif isinstance(o, s.Observed):
                 ring.observe(o.kind, o.data)
+            elif isinstance(o, s.NmiRecord) and ring.nmi_record is not None:
+                ring.nmi_record(o.cpu, o.event)
 
     def send_control(self, data: bytes) -> None:
         with self._send_lock:
@@ -239,8 +241,10 @@ class Ring:
     def __init__(self, backend: s.Backend, *, journal: Journal | None = None,
                  observe: Callable[[str, dict[str, Any]], None] | None = None,
                  accept: Callable[[socket.socket], bool] | None = None,
-                 on_change: Callable[[bool], None] | None = None) -> None:
+                 on_change: Callable[[bool], None] | None = None,
+                 nmi_record: Callable[[int, int], None] | None = None) -> None:
         self.backend = backend
+        self.nmi_record = nmi_record
         self._accept_peer = accept
         self._on_change = on_change
         self.journal = journal
@@ -343,16 +347,6 @@ class Ring:
             if ret_ == 0:
                 self.commit(("trigger", event, -1 if pe is None else pe))
             return int(ret_)
-
-    def error_record(self, event: int, kind: int, address: int,
-                     done: Callable[[s.RequestDone], None]) -> None:
-        with self.lock:
-            c = self.active
-            if c is None or c.session.state != s.ConnState.READY:
-                raise LookupError("no VM is connected")
-            tag, out = c.session.error_record(event, kind, address)
-            self._waiting[tag] = done
-            c._perform(out)
 
     def close(self) -> None:
         self._stopping.set()

@@ -113,7 +113,7 @@ class BlobStatus:
 
 @dataclass(frozen=True, slots=True)
 class RequestDone:
-    """A request this side sent (ERROR_RECORD, LINE_CLAIM...) was answered."""
+    """A request this side sent (LINE_CLAIM...) was answered."""
 
     name: str
     tag: int
@@ -128,8 +128,18 @@ class Observed:
     data: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class NmiRecord:
+    """Deliver QEMU's NMI for vCPU `cpu` as a fatal error record in the GHES
+    source `event` notifies (--nmi-ghes): writing it needs QEMU's monitor,
+    so the daemon writes it and then triggers `event`."""
+
+    cpu: int
+    event: int
+
+
 Output = (SendControl | SendVcpu | Commit | AdoptChannel | CloseFd | WriteBlob | ReadBlob
-          | BlobStatus | RequestDone | Observed)
+          | BlobStatus | RequestDone | Observed | NmiRecord)
 
 
 # ---------------------------------------------------------- the state table
@@ -202,6 +212,8 @@ class Backend:
     # The static event QEMU's NMI (inject-nmi, a watchdog action) triggers;
     # None: NMIs are reported and refused.
     nmi_event: int | None = None
+    # Deliver it as a fatal GHES error record, then the event (NmiRecord).
+    nmi_ghes: bool = False
     # NMIs seen and what became of them (query-stats; not state).
     nmi_stats: dict[str, int] = field(default_factory=lambda: {
         "nmi-received": 0, "nmi-delivered": 0, "nmi-refused": 0})
@@ -345,6 +357,9 @@ class Session:
         b.nmi_stats["nmi-received"] += 1
         event = b.nmi_event
         data: dict[str, Any] = {"cpu": cpu, "event": event}
+        if event is not None and b.nmi_ghes:
+            out.append(NmiRecord(cpu, event))   # the daemon reports it
+            return
         if event is None:
             ret = None
             data.update(status=None, delivered=False,
@@ -622,15 +637,6 @@ class Session:
         if ret == 0 and self.state == ConnState.READY:
             self._effects(effects, out)
         return int(ret), out
-
-    def error_record(self, event: int, kind: int, address: int) -> tuple[int, list[Output]]:
-        """Send an ERROR_RECORD; its answer comes back as RequestDone(tag)."""
-        if self.state != ConnState.READY or not self._has("ERROR_RECORDS"):
-            raise c.ProtocolError("the front-end has not agreed to ERROR_RECORDS")
-        out: list[Output] = []
-        tag = self._request("ERROR_RECORD", {"event": event, "kind": kind,
-                                             "address": address}, out)
-        return tag, out
 
 
 def replay(backend: Backend, records: list[tuple[Any, ...]]) -> None:

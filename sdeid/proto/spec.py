@@ -72,7 +72,8 @@ FEATURES = {
     "LINES": 1 << 0,         # LINE_CLAIM / LINE_RELEASE / LINE_LEVEL
     "STATE": 1 << 1,         # SAVE_STATE / LOAD_STATE (migration)
     "PE_POWER": 1 << 2,      # POWER requests on the vCPU channels
-    "ERROR_RECORDS": 1 << 3,  # ERROR_RECORD (a firmware-first error source)
+    # 1 << 3 was ERROR_RECORDS: error records now reach a GHES source through
+    # QEMU's own QMP command inject-ghes-v2-error.  Never reuse the bit.
     "NMI": 1 << 4,           # NMI (QEMU's NMI interface: inject-nmi, watchdogs)
 }
 FEATURES_ALL = 0
@@ -82,16 +83,12 @@ for _bit in FEATURES.values():
 # Status values (negative errno numbers, so QEMU can report them as such).
 STATUS = {
     "OK": 0,
-    "ENOENT": -2,       # no such object (an error source for that event, a state blob)
-    "EAGAIN": -11,      # not now: the guest has not acknowledged the previous record
+    "ENOENT": -2,       # no such object
     "EBUSY": -16,       # refused in the current state
     "EINVAL": -22,      # well formed but not acceptable
     "EPROTO": -71,      # version or feature mismatch
     "ENOTSUP": -95,     # the front-end cannot do that (e.g. intercept this line)
 }
-
-# ERROR_RECORD kinds.
-ERROR_KINDS = {"MEMORY": 1}
 
 Ack: Layout = (("status", "i32"), ("reserved", "u32"))
 
@@ -223,19 +220,6 @@ CONTROL: tuple[ControlMessage, ...] = (
         ),
         Ack, "LINES", 0,
         "Hand a line back: the interrupt controller sees its current level.",
-    ),
-    ControlMessage(
-        35, "ERROR_RECORD", "be->fe",
-        (
-            ("event", "u32"),
-            ("kind", "u32"),
-            ("address", "u64"),
-        ),
-        Ack, "ERROR_RECORDS", 0,
-        "Write an error record into the error source notified by `event` "
-        "(ACPI GHES: kind 1 is a memory error at guest physical `address`).  "
-        "status -EAGAIN: the guest has not acknowledged the previous record "
-        "of that source, nothing was written; -ENOENT: no such source.",
     ),
 )
 

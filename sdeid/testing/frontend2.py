@@ -9,9 +9,11 @@ tests can check the registers a guest would see.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from sdeid import cper
 from sdeid.proto import codec as c
 from sdeid.proto import spec
 
@@ -92,19 +94,8 @@ class FrontendCore:
         self.kicked: set[int] = set()
         self.claimed: set[tuple[int, int]] = set()
         self.levels: dict[tuple[int, int], int] = {}
-        self.record_status = 0          # what ERROR_RECORD replies carry
-        self.records: list[dict[str, Any]] = []
-        # GHESv2 read-ack, as QEMU's error source does it: with read_ack on,
-        # a stored record must be acknowledged (ack()) before the next one
-        # can be written; until then ERROR_RECORD answers -EAGAIN.
-        self.read_ack = False
-        self.unacked = False
         self.hello_reply: dict[str, Any] | None = None
         self._tag = 0
-
-    def ack(self) -> None:
-        """The guest read the error record (GHESv2 read-ack)."""
-        self.unacked = False
 
     def hello(self) -> bytes:
         bitmap = [0] * spec.LINE_BITMAP_WORDS
@@ -152,15 +143,6 @@ class FrontendCore:
                 self.claimed.discard((f.fields["intid"], f.fields["pe"]))
                 out.append(c.encode_control("LINE_RELEASE", {"status": 0}, tag=f.tag,
                                             reply=True))
-            elif f.name == "ERROR_RECORD":
-                status = self.record_status
-                if status == 0 and self.read_ack and self.unacked:
-                    status = spec.STATUS["EAGAIN"]
-                if status == 0:
-                    self.records.append(f.fields)
-                    self.unacked = self.read_ack
-                out.append(c.encode_control("ERROR_RECORD", {"status": status},
-                                            tag=f.tag, reply=True))
         return b"".join(out)
 
     # ------------------------------------------------------------ vCPUs
@@ -254,11 +236,14 @@ class SocketFrontend:
                 return
             if not data:
                 return
+            # Answered under the lock, so that a caller holding it knows
+            # whether an answer is on its way (no frame of its own can then
+            # be cut in two by one).
             with self.lock:
                 out = self.core.receive_control(data)
                 self.kick.notify_all()
-            if out:
-                self.sock.sendall(out)
+                if out:
+                    self.sock.sendall(out)
 
     def exchange(self, pe: int, raw: bytes) -> c.VcpuReply:
         chan = self.mine[pe]
@@ -299,3 +284,44 @@ class SocketFrontend:
         self.reader.join()
         for s in self.mine:
             s.close()
+
+
+class FakeGhes:
+    """The GHES source QEMU's inject-ghes-v2-error writes, as the daemon's
+    record writer sees it (Daemon2.record_writer = FakeGhes(...).write):
+    records for `event` only; with `read_ack`, GHESv2's rule that a record
+    must be acknowledged (ack()) before the next is written, RecordBusy
+    until then.  `refuse` makes every write fail with that reason."""
+
+    def __init__(self, event: int, *, read_ack: bool = True) -> None:
+        self.event = event
+        self.read_ack = read_ack
+        self.unacked = False
+        self.refuse: str | None = None
+        self.records: list[bytes] = []
+        self.on_write: Callable[[bytes], None] | None = None
+
+    async def write(self, event: int, record: bytes) -> None:
+        if self.refuse is not None:
+            raise LookupError(self.refuse)
+        if event != self.event:
+            raise LookupError(f"QEMU has no error source notified by event {event}")
+        if self.unacked:
+            raise cper.RecordBusy("OSPM does not acknowledge previous error")
+        self.records.append(record)
+        self.unacked = self.read_ack
+        if self.on_write is not None:
+            self.on_write(record)
+
+    def ack(self) -> None:
+        """The guest read the record (GHESv2 read-ack)."""
+        self.unacked = False
+
+    @staticmethod
+    def address(record: bytes) -> int:
+        """The physical address of a memory-error record (cper.memory_error)."""
+        return int.from_bytes(record[20 + 72 + 16:20 + 72 + 24], "little")
+
+    @staticmethod
+    def severity(record: bytes) -> int:
+        return int.from_bytes(record[16:20], "little")

@@ -34,6 +34,7 @@ class Pair:
         self.blobs: list[s.WriteBlob] = []
         self.reads: list[s.ReadBlob] = []
         self.statuses: list[s.BlobStatus] = []
+        self.nmi_records: list[s.NmiRecord] = []
 
     # Carry a list of outputs across.  Control sends go to the front-end
     # core at once and its answers come straight back.
@@ -61,6 +62,8 @@ class Pair:
                 self.reads.append(o)
             elif isinstance(o, s.BlobStatus):
                 self.statuses.append(o)
+            elif isinstance(o, s.NmiRecord):
+                self.nmi_records.append(o)
 
     def connect(self) -> None:
         self.carry(self.session.receive_control(self.fe.hello()))
