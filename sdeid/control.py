@@ -26,6 +26,7 @@ from sdeid import __version__
 from sdeid.errors import ConfigError
 from sdeid.lifecycle import peer_uid
 from sdeid.model.abi import EventType, Ret
+from sdeid.proto.session import ConnState
 
 if TYPE_CHECKING:
     from sdeid.proto.daemon import Daemon2
@@ -269,6 +270,10 @@ class ControlServer:
         return {
             "state": self.daemon.state.value,
             "connected": self.daemon.active is not None,
+            # The handshake is over: the front-end handed over every vCPU's
+            # channel (QEMU's device is then ready for migration's LOAD_STATE).
+            "ready": self.daemon.active is not None
+                     and self.daemon.active.session.state == ConnState.READY,
             "sdei-version": f"1.{cfg.version_minor}",
             "pes": None if d is None else d.topology.nr_pes,
         }

@@ -152,7 +152,10 @@ def start_destination(vms: list[Vm], qemu: str, assets: dict[str, str],  # noqa:
             [status] = dst.control("query-status")
         except OSError:
             return False
-        return bool(status.get("connected"))
+        # Ready, not only connected: a LOAD_STATE that QEMU's device must
+        # hold back until its handshake is over can no longer fail the
+        # incoming migration (qemu-patches/v2/NOTES.md 3.8).
+        return bool(status.get("ready"))
 
     poll("destination QEMU connected to daemon B", connected, STEP_TIMEOUT)
     poll("destination QMP socket", dst.qmp_path.exists, STEP_TIMEOUT)
