@@ -367,8 +367,8 @@ async def test_control_socket_with_qemu_qmp(daemon: Daemon2, tmp_path: Path) -> 
                         (Fid.EVENT_ENABLE, SHARED_EV), (Fid.PE_UNMASK,)):
             assert await run(fe.ret, 2, fid, *a) == 0
         status = await qmp.execute("query-status")
-        assert status == {"state": "connected", "connected": True, "sdei-version": "1.1",
-                          "pes": 4}
+        assert status == {"state": "connected", "connected": True, "ready": True,
+                          "sdei-version": "1.1", "pes": 4}
         with qmp.listener() as listener:
             await qmp.execute("sdei-trigger", {"event": SHARED_EV})
             assert await run(fe.wait_kick, 2)
