@@ -31,3 +31,18 @@ def ensure() -> None:
                     str(ROOT)], check=True, stdout=sys.stderr)
     os.environ["SDEID_PYENV_REEXEC"] = "1"
     os.execv(str(py), [str(py), *sys.argv])
+
+
+def ensure_extra(extra: str, module: str) -> None:
+    """Install the project's optional `extra` into the running venv when
+    `module` cannot be imported (after ensure(): we run in the venv)."""
+    try:
+        __import__(module)
+        return
+    except ImportError:
+        pass
+    print(f"{Path(sys.argv[0]).name}: installing the [{extra}] extra into {sys.prefix}",
+          file=sys.stderr)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", f"{ROOT}[{extra}]"],
+                   check=True, stdout=sys.stderr)
+

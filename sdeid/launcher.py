@@ -36,6 +36,7 @@ import selectors
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -296,7 +297,8 @@ class Launch:
                  kill_grace: float = 5.0, daemon_grace: float = 2.0,
                  monitor: str | Path | None = None, accel: str | None = None,
                  reboot: bool = False,
-                 aavmf: tuple[str | Path, str | Path] | None = None) -> None:
+                 aavmf: tuple[str | Path, str | Path] | None = None,
+                 agdi_event: int | None = None) -> None:
         if conduit not in ("hvc", "smc"):
             raise ValueError(f"conduit must be 'hvc' or 'smc', not {conduit!r}")
         accel = accel or default_accel()
@@ -318,6 +320,11 @@ class Launch:
             raise ValueError(f"firmware must be 'dt' or 'uefi', not {firmware!r}")
         if smp < 1:
             raise ValueError("smp must be at least 1")
+        if agdi_event is not None and (firmware != "uefi" or not 0 < agdi_event < 1 << 32):
+            raise ValueError("agdi_event needs firmware='uefi' and an SDEI event number")
+        # firmware="uefi": an ACPI AGDI table naming this SDEI event, on which a
+        # kernel with CONFIG_ACPI_AGDI panics (nmi_panic)
+        self.agdi_event = agdi_event
         if protocol != DEFAULT_PROTOCOL:
             raise ValueError(f"protocol must be {DEFAULT_PROTOCOL}, not {protocol!r}")
         self.protocol = protocol
@@ -546,6 +553,7 @@ class Launch:
             shutil.copyfile(vars_, vars_copy)
             argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={code}",
                      "-drive", f"if=pflash,format=raw,file={vars_copy}"]
+            argv += acpi_tables(self._path("agdi.bin"), self.agdi_event)
         return argv + self.qemu_args
 
     def _start_qemu(self) -> None:
@@ -830,6 +838,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sdei-device-props", default="", metavar="PROPS",
                     help="extra properties of the smccc-user device, e.g. ghes-event=100 "
                     "(with --firmware uefi: a HEST error source notified by that event)")
+    ap.add_argument("--agdi-event", type=int, metavar="N",
+                    help="with --firmware uefi: an ACPI AGDI table naming SDEI event N, "
+                    "which a kernel with CONFIG_ACPI_AGDI registers and panics on (an NMI "
+                    "for such kernels: --sdeid-arg=--nmi-event=N)")
     ap.add_argument("--monitor", type=Path, metavar="PATH",
                     help="QEMU's own QMP monitor for the operator at PATH (inject-nmi and "
                     "other QEMU commands); default: monitor.sock in the working directory")
@@ -838,6 +850,19 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--timeout", type=float, metavar="SECONDS",
                     help="stop the VM and fail after SECONDS")
     return ap
+
+
+def acpi_tables(agdi_path: Path, agdi_event: int | None) -> list[str]:
+    """QEMU options for the ACPI tables an SDEI dispatcher's firmware would
+    provide and the virt machine does not build (qemu-patches/v2 0013): the
+    SDEI table, a header only; with `agdi_event`, Arm's AGDI table (ACPI for
+    Arm Components 1.x: flags, 0 = signalled by SDEI; 3 reserved bytes; the
+    SDEI event; the GSIV, unused), written to `agdi_path`."""
+    out = ["-acpitable", "sig=SDEI,rev=1,data=/dev/null"]
+    if agdi_event is not None:
+        agdi_path.write_bytes(struct.pack("<B3xII", 0, agdi_event, 0))
+        out += ["-acpitable", f"sig=AGDI,rev=1,data={agdi_path}"]
+    return out
 
 
 class _Interrupted(Exception):
@@ -862,7 +887,8 @@ def main(argv: list[str] | None = None) -> int:
                         conduit=args.conduit, firmware=args.firmware,
                         sdeid_args=args.sdeid_arg, device_props=args.sdei_device_props,
                         protocol=args.protocol, keep_dir=args.keep_dir,
-                        monitor=args.monitor, accel=args.accel)
+                        monitor=args.monitor, accel=args.accel,
+                        agdi_event=args.agdi_event)
     except ValueError as e:
         build_parser().error(str(e))
     got: list[int] = []

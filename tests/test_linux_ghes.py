@@ -34,6 +34,9 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import struct
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -47,6 +50,7 @@ from tests.test_linux_guest import (
 )
 
 pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[1]
 
 if os.environ.get("SDEID_SKIP_INTEGRATION") == "1":
     pytest.skip("SDEID_SKIP_INTEGRATION=1", allow_module_level=True)
@@ -209,28 +213,82 @@ def test_memory_error_is_logged_by_the_guest(qemu: str, assets: dict[str, str], 
     assert not bad, f"SDEI errors on the console: {bad}"
 
 
-NMI_SPIN = "for i in 1 2; do (while :; do :; done) & done; echo SPINNING"
+SPIN = "sdeid_spin: CPU "
+AGDI_EVENT = 300
+DUMP = re.compile(r"^TABLE (\w+) ((?:[0-9a-f]{2})*)$")
+
+
+def check_agdi(vm: Launch) -> None:
+    """Issue 11 (4): the AGDI table (`sdeid run --agdi-event N`, through
+    -acpitable) as the guest reads it from /sys/firmware/acpi/tables, and
+    the SDEI table: well formed (length, checksum), naming event N,
+    signalled by SDEI.  Debian's kernels have no CONFIG_ACPI_AGDI, so
+    nothing registers the event; a kernel with it panics on it."""
+    seen = len(vm.lines)
+    vm.send_console(b"for t in AGDI SDEI; do echo TABLE $t $(od -An -v -tx1 "
+                    b"/sys/firmware/acpi/tables/$t | tr -d ' \\n'); done\n")
+    _expect(vm, r"^TABLE SDEI ", STEP_TIMEOUT, "the ACPI tables")
+    tables = {m.group(1): bytes.fromhex(m.group(2)) for ln in vm.lines[seen:]
+              if (m := DUMP.match(ln))}
+    for sig, size in (("AGDI", 48), ("SDEI", 36)):
+        raw = tables.get(sig, b"")
+        assert len(raw) == size and raw[:4] == sig.encode(), (sig, raw.hex())
+        assert int.from_bytes(raw[4:8], "little") == size, raw.hex()
+        assert sum(raw) % 256 == 0, f"{sig}: bad checksum {raw.hex()}"
+    flags, event, gsiv = struct.unpack_from("<B3xII", tables["AGDI"], 36)
+    assert (flags, event, gsiv) == (0, AGDI_EVENT, 0), tables["AGDI"].hex()
+    print(f"\nAGDI as the guest reads it: {tables['AGDI'].hex()}")
 PANIC = r"Kernel panic - not syncing: GHES: Fatal hardware error"
+
+
+def spin_initrd(tmp_path: Path) -> str:
+    """The test initramfs plus tests/linux/modules/sdeid_spin, cross-built
+    for the guest's kernel (scripts/build-guest-module), at /lib/sdeid/."""
+    ko = _run([str(ROOT / "scripts/build-guest-module"), "sdeid_spin"]).splitlines()[-1]
+    extra = tmp_path / "spin-overlay"
+    (extra / "lib/sdeid").mkdir(parents=True)
+    shutil.copyfile(ko, extra / "lib/sdeid/sdeid_spin.ko")
+    out = _run([str(ROOT / "scripts/fetch-guest-assets"), "--extra",
+                str(ROOT / "tests/linux/overlay"), "--extra", str(extra)])
+    found = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return found["INITRD"]
+
+
+def _run(argv: list[str]) -> str:
+    out = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                         timeout=1800)
+    if out.returncode != 0:
+        pytest.fail(f"{argv[0]} failed:\n{out.stderr[-3000:]}", pytrace=False)
+    return out.stdout
 
 
 def test_inject_nmi_panics_a_stock_guest_through_a_fatal_ghes_record(
         qemu: str, assets: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
-    """Issue 11, mechanism (a): QEMU's `inject-nmi` reaches sdeid (the
-    device's NMI interface), which writes a *fatal* CPER record into the
-    SDEI-notified GHES source (`--nmi-ghes`, through QEMU's
-    inject-ghes-v2-error) and raises the source's critical event; the stock
-    kernel's GHES SDEI handler panics, with both vCPUs busy in user space."""
+    """Issue 11, mechanism (a): every vCPU of a stock Debian guest spins with
+    interrupts masked (tests/linux/modules/sdeid_spin); QEMU's `inject-nmi`
+    reaches sdeid (the device's NMI interface), which writes a *fatal* CPER
+    record into the SDEI-notified GHES source (`--nmi-ghes`, through QEMU's
+    inject-ghes-v2-error) and raises the source's critical event; the
+    kernel's GHES SDEI handler preempts the spinning CPU and panics."""
     _check_firmware(assets)
-    args = ["-kernel", assets["KERNEL"], "-initrd", assets["INITRD"], "-append", APPEND]
+    args = ["-kernel", assets["KERNEL"], "-initrd", spin_initrd(tmp_path), "-append", APPEND]
     with Launch(args, qemu=qemu, firmware="uefi", smp=2, memory="1G",
                 sdeid_args=["--event", f"{EVENT}:shared:critical", "--nmi-event", str(EVENT),
                             "--nmi-ghes"],
                 device_props=f"ghes-event={EVENT}", keep_dir=tmp_path / "run",
-                capture_output=True, console_input=True,
+                capture_output=True, console_input=True, agdi_event=AGDI_EVENT,
                 echo=sys.stdout if os.environ.get("SDEID_TEST_ECHO") else None) as vm:
         _expect(vm, r"SDEID-CMD\? 1$", BOOT_TIMEOUT, "boot")
-        vm.send_console(NMI_SPIN.encode() + b"\n")
-        _expect(vm, r"SPINNING$", STEP_TIMEOUT, "busy loops")
+        check_agdi(vm)
+        vm.send_console(b"insmod /lib/sdeid/sdeid_spin.ko &\n")
+        deadline = time.monotonic() + STEP_TIMEOUT
+        while True:
+            wedged = {ln.split("CPU ")[1].split()[0] for ln in vm.lines if SPIN in ln}
+            if len(wedged) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert wedged == {"0", "1"}, "\n".join(vm.lines[-30:])
+        time.sleep(1)       # nothing but an SDEI event reaches these CPUs now
         t0 = time.monotonic()
         with vm.qemu_monitor() as mon:
             mon.execute("inject-nmi")
@@ -242,4 +300,56 @@ def test_inject_nmi_panics_a_stock_guest_through_a_fatal_ghes_record(
     hw = [ln for ln in console if "[Hardware Error]" in ln or "panic" in ln.lower()]
     print(f"\ninject-nmi -> panic line in {took * 1000:.0f} ms:\n" + "\n".join(hw[-12:]))
     assert any("event severity: fatal" in ln for ln in console), hw
+    # The handler ran on a CPU that was spinning with interrupts masked.
+    trace = console[next(i for i, ln in enumerate(console) if re.search(PANIC, ln)):]
+    assert any("__sdei_handler" in ln for ln in trace), trace[:30]
+    # ... and the backtrace goes on into the code it interrupted.
+    assert any("sdeid_spin_forever" in ln for ln in trace), trace[:40]
+    print("\n".join(trace[:40]))
+    assert "fatal error record, event 100 triggered" in events, events[-2000:]
+
+
+def watchdog_guest(tmp_path: Path) -> tuple[str, str]:
+    """Debian's generic arm64 kernel (the cloud one has no driver for the
+    one watchdog QEMU's virt can have, the PCI i6300esb) and an initramfs
+    with the test overlay and its i6300esb module (scripts/fetch-watchdog-guest)."""
+    out = _run([str(ROOT / "scripts/fetch-watchdog-guest")])
+    wdt = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    out = _run([str(ROOT / "scripts/fetch-guest-assets"), "--extra",
+                str(ROOT / "tests/linux/overlay"), "--extra", wdt["OVERLAY"]])
+    found = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    return wdt["KERNEL"], found["INITRD"]
+
+
+def test_a_starved_watchdog_panics_the_guest_through_inject_nmi(
+        qemu: str, assets: dict[str, str], tmp_path: Path) -> None:  # noqa: F811
+    """Issue 11 (3): the guest arms the i6300esb with Linux's own driver
+    (heartbeat 1 s), feeds it once and stops; QEMU's `-action
+    watchdog=inject-nmi` reaches sdeid through the device's NMI interface
+    and the guest panics from its GHES SDEI handler, as with inject-nmi."""
+    _check_firmware(assets)
+    kernel, initrd = watchdog_guest(tmp_path)
+    args = ["-kernel", kernel, "-initrd", initrd, "-append", APPEND,
+            "-device", "i6300esb", "-action", "watchdog=inject-nmi"]
+    with Launch(args, qemu=qemu, firmware="uefi", smp=2, memory="1G",
+                sdeid_args=["--event", f"{EVENT}:shared:critical", "--nmi-event", str(EVENT),
+                            "--nmi-ghes"],
+                device_props=f"ghes-event={EVENT}", keep_dir=tmp_path / "run",
+                capture_output=True, console_input=True,
+                echo=sys.stdout if os.environ.get("SDEID_TEST_ECHO") else None) as vm:
+        _expect(vm, r"SDEID-CMD\? 1$", BOOT_TIMEOUT, "boot")
+        vm.send_console(b"insmod /lib/sdeid-wdt/i6300esb.ko heartbeat=1 && "
+                        b"exec 3>/dev/watchdog && echo 1 >&3 && echo FED-ONCE\n")
+        _expect(vm, r"^FED-ONCE$", STEP_TIMEOUT, "the watchdog armed and fed once")
+        t0 = time.monotonic()
+        _expect(vm, PANIC, STEP_TIMEOUT, "the guest's panic")
+        took = time.monotonic() - t0
+        vm.wait(timeout=STEP_TIMEOUT)
+        console = list(vm.lines)
+        events = vm.daemon_log.read_text(errors="replace")
+    trace = console[next(i for i, ln in enumerate(console) if re.search(PANIC, ln)):]
+    print(f"\nwatchdog fed once, then starved -> panic line in {took * 1000:.0f} ms:\n"
+          + "\n".join(ln for ln in console if "i6300" in ln.lower() or "watchdog" in ln)
+          + "\n" + "\n".join(trace[:14]))
+    assert any("__sdei_handler" in ln for ln in trace), trace[:30]
     assert "fatal error record, event 100 triggered" in events, events[-2000:]

@@ -36,7 +36,7 @@ BUDGET = 800
 # What the series measures now (0009 grew by 14 lines when LOAD_STATE
 # learned to answer on its socket, 0002 by 1 for the lower-EL rule): the
 # ratchet below.
-MEASURED = 1140
+MEASURED = 1138
 pytestmark = pytest.mark.integration
 
 if os.environ.get("SDEID_SKIP_INTEGRATION") == "1":

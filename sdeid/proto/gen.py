@@ -310,8 +310,10 @@ reconnect to a restarted back-end; a vCPU in a call meanwhile waits.
 ``ghes-event=E`` (an SDEI event number, not 0) makes the HEST of
 ``-M virt,ras=on`` notify the GHESv2 source of ``inject-ghes-v2-error`` by
 event E.  On ``-M virt`` an smccc-user device also makes the
-machine advertise SDEI (``/firmware/sdei`` in the device tree, the ACPI
-``SDEI`` table) on the PSCI conduit.  One device per machine; Linux hosts.
+machine advertise SDEI in its device tree (``/firmware/sdei``, on the PSCI
+conduit).  With ACPI, the ``SDEI`` table is a header only and comes from
+``-acpitable sig=SDEI,rev=1,data=/dev/null`` (an ``AGDI`` table naming an
+event can come the same way).  One device per machine; Linux hosts.
 
 Header
 ======

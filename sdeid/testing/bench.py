@@ -26,6 +26,7 @@ from sdeid.launcher import Launch, default_accel
 
 BENCH = re.compile(r"^SDEI-BENCH (\S+) n=(\d+) p50_ns=(\d+) p99_ns=(\d+) min_ns=(\d+)")
 RATE = re.compile(r"^SDEI-BENCH-RATE (\S+) calls_per_s=(\d+)")
+QUANTILES = re.compile(r"^SDEI-BENCH-Q (\S+)((?: \d+){101})$")
 CASES = "bench_call_cost,bench_two_pe_calls,bench_delivery,bench_delivery_remote"
 
 
@@ -38,8 +39,10 @@ def load_bench_channel(path: Path) -> ModuleType:
     return mod
 
 
-def floor(n: int, bench_channel: Path) -> tuple[float, float]:
-    """(p50, p99) in µs of the two-process socketpair round trip."""
+def floor(n: int, bench_channel: Path,
+          samples: list[float] | None = None) -> tuple[float, float]:
+    """(p50, p99) in µs of the two-process socketpair round trip; every
+    sample (µs) is appended to `samples` if given."""
     bc = load_bench_channel(bench_channel)
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     p = bc.spawn([sys.executable, "-c", bc.FLOOR_SERVER, str(b.fileno()), str(bc.REP)],
@@ -50,15 +53,19 @@ def floor(n: int, bench_channel: Path) -> tuple[float, float]:
     finally:
         a.close()
         p.wait(10)
+    if samples is not None:
+        samples.extend(lat)
     return bc.pct(lat, 0.5), bc.pct(lat, 0.99)
 
 
 def guest_bench(image: Path, qemu: str | None, conduit: str, cases: str,
-                sdeid_args: list[str], accel: str | None = None
+                sdeid_args: list[str], accel: str | None = None,
+                quantiles: dict[str, list[int]] | None = None
                 ) -> tuple[dict[str, tuple[int, int]], dict[str, int]]:
-    """Run bench_* cases; {name: (p50_ns, p99_ns)} and {name: calls_per_s}.  Under
-    KVM the conduit is the guest's choice (conduit=) and the timer PPI is not
-    bindable (ppi-bind=refused: the timer figures are left out)."""
+    """Run bench_* cases; {name: (p50_ns, p99_ns)} and {name: calls_per_s}, and
+    into `quantiles` (if given) {name: the sample at each percentile 0..100,
+    ns}.  Under KVM the conduit is the guest's choice (conduit=) and the timer
+    PPI is not bindable (ppi-bind=refused: the timer figures are left out)."""
     out: dict[str, tuple[int, int]] = {}
     rates: dict[str, int] = {}
     kvm = (accel or default_accel()) == "kvm"
@@ -73,6 +80,9 @@ def guest_bench(image: Path, qemu: str | None, conduit: str, cases: str,
             m = RATE.match(line)
             if m:
                 rates[m.group(1)] = int(m.group(2))
+            m = QUANTILES.match(line)
+            if m and quantiles is not None:
+                quantiles[m.group(1)] = [int(v) for v in m.group(2).split()]
             if line.startswith("SDEI-TEST ") and " FAIL" in line:
                 raise SystemExit(f"guest bench failed: {line}")
         vm.wait(timeout=30)

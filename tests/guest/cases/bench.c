@@ -22,7 +22,9 @@
  * in WFI (the busy-timer figure is bench_delivery's).
  *
  * Each result is one line: SDEI-BENCH <name> n=<N> p50_ns=<..> p99_ns=<..>
- * min_ns=<..>; bench_two_pe_calls adds SDEI-BENCH-RATE <name> calls_per_s=<..>
+ * min_ns=<..>, then SDEI-BENCH-Q <name> and the sample at each percentile
+ * 0..100 in ns (for plots); bench_two_pe_calls adds SDEI-BENCH-RATE <name>
+ * calls_per_s=<..>
  */
 #include "fdt.h"
 #include "test.h"
@@ -55,6 +57,11 @@ static void report(const char *name, u64 *s, unsigned n)
     sort_u64(s, n);
     printf("SDEI-BENCH %s n=%u p50_ns=%lu p99_ns=%lu min_ns=%lu\n", name, n,
            ticks_to_ns(s[n / 2]), ticks_to_ns(s[(n * 99) / 100]), ticks_to_ns(s[0]));
+    /* The distribution for plots: the sample at every percentile, 0..100 */
+    printf("SDEI-BENCH-Q %s", name);
+    for (unsigned i = 0; i <= 100; i++)
+        printf(" %lu", ticks_to_ns(s[(u64)(n - 1) * i / 100]));
+    printf("\n");
 }
 
 static inline u64 cntpct(void)
