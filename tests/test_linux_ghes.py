@@ -254,6 +254,20 @@ def spin_initrd(tmp_path: Path) -> str:
     return found["INITRD"]
 
 
+def wedge_every_cpu(vm: Launch, cpus: int = 2) -> None:
+    """Load sdeid_spin (spin_initrd): every vCPU spins with interrupts
+    masked, and says so on the console first."""
+    vm.send_console(b"insmod /lib/sdeid/sdeid_spin.ko &\n")
+    deadline = time.monotonic() + STEP_TIMEOUT
+    while True:
+        wedged = {ln.split("CPU ")[1].split()[0] for ln in vm.lines if SPIN in ln}
+        if len(wedged) == cpus or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert wedged == {str(i) for i in range(cpus)}, "\n".join(vm.lines[-30:])
+    time.sleep(1)       # nothing but an SDEI event reaches these CPUs now
+
+
 def _run(argv: list[str]) -> str:
     out = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                          timeout=1800)
@@ -280,15 +294,7 @@ def test_inject_nmi_panics_a_stock_guest_through_a_fatal_ghes_record(
                 echo=sys.stdout if os.environ.get("SDEID_TEST_ECHO") else None) as vm:
         _expect(vm, r"SDEID-CMD\? 1$", BOOT_TIMEOUT, "boot")
         check_agdi(vm)
-        vm.send_console(b"insmod /lib/sdeid/sdeid_spin.ko &\n")
-        deadline = time.monotonic() + STEP_TIMEOUT
-        while True:
-            wedged = {ln.split("CPU ")[1].split()[0] for ln in vm.lines if SPIN in ln}
-            if len(wedged) == 2 or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert wedged == {"0", "1"}, "\n".join(vm.lines[-30:])
-        time.sleep(1)       # nothing but an SDEI event reaches these CPUs now
+        wedge_every_cpu(vm)
         t0 = time.monotonic()
         with vm.qemu_monitor() as mon:
             mon.execute("inject-nmi")

@@ -58,12 +58,12 @@ from tests.test_linux_ghes import (
     EVENT,
     PANIC,
     SDEI_ERROR,
-    SPIN,
     STEP_TIMEOUT,
     _check_firmware,
     _expect,
     _read,
     _run,
+    wedge_every_cpu,
 )
 from tests.test_linux_guest import (
     assets,  # noqa: F401 - a fixture
@@ -151,15 +151,7 @@ def test_kdump_after_an_nmi_panic_through_sdei(
         assert loaded == ["SDEID-KDUMP-LOADED"], "\n".join(vm.lines[-20:])
         _expect(vm, r"SDEID-CMD\? 2$", STEP_TIMEOUT, "the console loop")
         if wedged:
-            vm.send_console(b"insmod /lib/sdeid/sdeid_spin.ko &\n")
-            deadline = time.monotonic() + STEP_TIMEOUT
-            while True:
-                spinning = {ln.split("CPU ")[1].split()[0] for ln in vm.lines if SPIN in ln}
-                if len(spinning) == 2 or time.monotonic() > deadline:
-                    break
-                time.sleep(0.1)
-            assert spinning == {"0", "1"}, "\n".join(vm.lines[-30:])
-        time.sleep(1)       # (wedged: nothing but an SDEI event reaches these CPUs now)
+            wedge_every_cpu(vm)
         _drain(vm)
         before = len(vm.lines)
         first_kernel = list(vm.lines)
