@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import json
 import os
 import queue
@@ -47,6 +48,8 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, Any
 
+from sdeid.errors import SdeidError
+
 PROG = "sdeid run"
 REPO = Path(__file__).resolve().parent.parent
 BUILD_QEMU = REPO / "scripts" / "build-qemu"
@@ -54,20 +57,27 @@ FETCH_ASSETS = REPO / "scripts" / "fetch-guest-assets"
 AAVMF_DIR = Path("/usr/share/AAVMF")
 SUN_PATH_MAX = 107          # sockaddr_un.sun_path, less the NUL
 
-EXIT_DAEMON = 1
+# Exit statuses of `sdeid run`, by whose failure it is (QEMU's own status
+# when QEMU ran and failed).
+EXIT_DAEMON = 1         # sdeid failed: before it was ready, or under a running VM
+EXIT_SETUP = 3          # nothing started: no QEMU to run, firmware, paths
 EXIT_TIMEOUT = 124
+EXIT_QEMU_CANNOT_RUN = 126   # QEMU could not be executed (127: no such file), as a shell says
 
 
-class LaunchError(Exception):
+class LaunchError(SdeidError):
     """The VM or the daemon could not be started or failed while running.
 
-    Carries what an operator needs to see why: the command lines, exit
-    statuses and the tail of each process's log."""
+    Carries what an operator needs to see why: whose failure it is (`who`:
+    "sdeid", "qemu" or "setup"), the command lines, exit statuses and the
+    tail of each process's log."""
 
     def __init__(self, reason: str, *, exit_code: int | None = None,
-                 command: Sequence[str] | None = None, output: str = "") -> None:
+                 command: Sequence[str] | None = None, output: str = "",
+                 who: str = "sdeid") -> None:
         super().__init__(reason)
         self.reason = reason
+        self.who = who
         self.exit_code = exit_code
         self.command = list(command) if command is not None else None
         self.output = output
@@ -81,7 +91,7 @@ class LaunchError(Exception):
         return text
 
 
-class ControlError(Exception):
+class ControlError(SdeidError):
     """The control socket answered a command with a QMP error."""
 
     def __init__(self, cls: str, desc: str) -> None:
@@ -202,14 +212,14 @@ def find_qemu(explicit: str | None = None, protocol: int = DEFAULT_PROTOCOL) -> 
             return env
     if not BUILD_QEMU.is_file():
         raise LaunchError(f"no QEMU: pass --qemu PATH or set {variables[0]} "
-                          f"({BUILD_QEMU} is not there to build one)")
+                          f"({BUILD_QEMU} is not there to build one)", who="setup")
     cmd = [str(BUILD_QEMU)]
     proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE,
                           stdin=subprocess.DEVNULL, text=True)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         raise LaunchError(f"scripts/build-qemu failed with status {proc.returncode}",
-                          exit_code=proc.returncode, command=cmd)
+                          exit_code=proc.returncode, command=cmd, who="setup")
     return lines[-1]
 
 
@@ -233,13 +243,14 @@ def find_aavmf() -> tuple[Path, Path]:
                               stdin=subprocess.DEVNULL, text=True)
         if proc.returncode != 0:
             raise LaunchError(f"scripts/fetch-guest-assets failed with status "
-                              f"{proc.returncode}", command=[str(FETCH_ASSETS)])
+                              f"{proc.returncode}", command=[str(FETCH_ASSETS)], who="setup")
         found = dict(ln.split("=", 1) for ln in proc.stdout.splitlines() if "=" in ln)
         code = Path(found.get("AAVMF_CODE", code))
         vars_ = Path(found.get("AAVMF_VARS", vars_))
     for f in (code, vars_):
         if not f.is_file():
-            raise LaunchError(f"UEFI firmware {f} not found (apt-get install qemu-efi-aarch64)")
+            raise LaunchError(f"UEFI firmware {f} not found (apt-get install qemu-efi-aarch64)",
+                              who="setup")
     return code, vars_
 
 
@@ -425,7 +436,7 @@ class Launch:
             self.workdir = Path(tempfile.mkdtemp(prefix="sdeid-run-"))
         if len(str(self.control_path)) > SUN_PATH_MAX:
             raise LaunchError(f"working directory {self.workdir} is too long for "
-                              "Unix socket paths")
+                              "Unix socket paths", who="setup")
         qemu = find_qemu(self.qemu, self.protocol)
         # The monitor reserved for the daemon listens before either process
         # starts and QEMU inherits it: the daemon's QMP connect cannot race
@@ -439,17 +450,17 @@ class Launch:
         # path printed is usable at once (connections queue until QEMU).
         mon = self.monitor_path
         if len(str(mon)) > SUN_PATH_MAX:
-            raise LaunchError(f"monitor path {mon} is too long for a Unix socket")
+            raise LaunchError(f"monitor path {mon} is too long for a Unix socket", who="setup")
         if mon.exists() or mon.is_symlink():
             if not mon.is_socket():
-                raise LaunchError(f"monitor path {mon} exists and is not a socket")
+                raise LaunchError(f"monitor path {mon} exists and is not a socket", who="setup")
             mon.unlink()
         self._mon_listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
             self._mon_listener.bind(str(mon))
         except OSError as e:
-            raise LaunchError(f"cannot listen on {mon}: {e.strerror}") from e
+            raise LaunchError(f"cannot listen on {mon}: {e.strerror}", who="setup") from e
         finally:
             os.umask(old_umask)
         self._mon_listener.listen(1)
@@ -572,8 +583,9 @@ class Launch:
                             else (self._mon_listener.fileno(),))),
                 preexec_fn=_pdeathsig())
         except OSError as e:
-            raise LaunchError(f"cannot start QEMU: {e.strerror}",
-                              command=self.qemu_command) from e
+            raise LaunchError(f"cannot start QEMU: {e.strerror}", command=self.qemu_command,
+                              exit_code=127 if e.errno == errno.ENOENT else 126,
+                              who="qemu") from e
         finally:
             self._qmp_listener.close()      # QEMU has its own copy now
             if self._mon_listener is not None:
@@ -816,7 +828,9 @@ def build_parser() -> argparse.ArgumentParser:
         "is stdout.  Everything after `--` is passed to QEMU.",
         epilog="Daemon options take the `=` form: --sdeid-arg=--event=100:shared:critical. "
         "Exit status: 0 when the guest powers off, QEMU's status when it fails, 1 when "
-        "sdeid fails, 124 on --timeout, 128+N after signal N.")
+        "sdeid fails, 3 when nothing could be started (no QEMU, firmware, paths), 126 "
+        "(127: not found) when QEMU cannot be executed, 124 on --timeout, 128+N after "
+        "signal N.")
     ap.add_argument("--smp", type=int, default=2, metavar="N", help="CPUs (default 2)")
     ap.add_argument("--memory", default="1G", metavar="SIZE", help="RAM (default 1G)")
     ap.add_argument("--conduit", choices=["hvc", "smc"], default="hvc",
@@ -912,7 +926,9 @@ def main(argv: list[str] | None = None) -> int:
             code = -1
         except LaunchError as e:
             print(f"{PROG}: {e.reason}", file=sys.stderr)
-            return EXIT_DAEMON
+            if e.who == "qemu":
+                return e.exit_code or EXIT_QEMU_CANNOT_RUN
+            return EXIT_SETUP if e.who == "setup" else EXIT_DAEMON
         except TimeoutError:
             print(f"{PROG}: timed out after {args.timeout:g} s", file=sys.stderr)
             return EXIT_TIMEOUT

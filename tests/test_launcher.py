@@ -255,10 +255,24 @@ def test_cli_usage_errors() -> None:
 
 
 def test_cli_missing_qemu_binary(tmp_path: Path) -> None:
+    """Not sdeid's failure: a shell's 127 (and 126 for a file that cannot be
+    executed), not sdeid's 1."""
     p = run_cli(["--qemu", str(tmp_path / "no-such-qemu"), "--"], "exit:0")
     out, err = p.communicate(timeout=60)
-    assert p.returncode == 1
+    assert p.returncode == 127
     assert "cannot start QEMU" in err
+    notexec = tmp_path / "not-executable"
+    notexec.write_text("")
+    p = run_cli(["--qemu", str(notexec), "--"], "exit:0")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 126 and "cannot start QEMU" in err
+
+
+def test_cli_setup_failure_is_neither_sdeids_nor_qemus(fake_qemu: str, tmp_path: Path) -> None:
+    p = run_cli(["--qemu", fake_qemu, "--monitor", str(tmp_path / ("m" * 120)), "--"], "exit:0")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 3, err
+    assert "too long for a Unix socket" in err and "FAKE-ARGV" not in out
 
 
 # ------------------------------------------------------------------ the API
