@@ -220,7 +220,12 @@ class SocketFrontend:
                     socket.send_fds(self.sock, [core.channel(pe)], [b.fileno()])
                 finally:
                     b.close()
-        except BaseException:       # e.g. the back-end refused us mid-handshake
+        except (BrokenPipeError, ConnectionResetError):
+            # The back-end refused us mid-handshake and closed: its HELLO
+            # reply (the reason) is still to be read, by the reader below,
+            # as the QEMU device would read it.
+            pass
+        except BaseException:
             for s in (self.sock, *self.mine):
                 s.close()
             raise
@@ -246,6 +251,8 @@ class SocketFrontend:
                     self.sock.sendall(out)
 
     def exchange(self, pe: int, raw: bytes) -> c.VcpuReply:
+        if pe >= len(self.mine):
+            raise EOFError(f"PE {pe} has no channel: the back-end ended the handshake")
         chan = self.mine[pe]
         chan.send(raw)
         data = chan.recv(1024)
