@@ -9,7 +9,7 @@ The smccc-user device (`ghes-event=100`) names SDEI event 100 as the
 notification of a HEST GHESv2 error source, and the daemon defines 100 as a
 static shared event.  Once the guest is up, the demo shows its SDEI lines
 and the daemon's view of the event its GHES driver registered, injects a memory error through the
-control socket (`sdei-inject-error`: the daemon sends QEMU the error record,
+control socket (`sdei-inject-error`: the daemon writes the record with QEMU's inject-ghes-v2-error,
 then fires the event), shows the guest's `[Hardware Error]` report and the
 daemon's statistics and observed events, and powers the guest off.
 
