@@ -31,7 +31,6 @@ from sdeid.lifecycle import (
     peer_uid,
     qmp_event,
 )
-from sdeid.model.abi import Ret
 from sdeid.model.types import PlatformConfig
 from sdeid.proto import session as s
 from sdeid.proto import spec
@@ -283,17 +282,11 @@ class Daemon2:
         kernel with GHES panics from the event's handler."""
         data: dict[str, Any] = {"cpu": cpu, "event": event, "record": "fatal"}
         try:
-            ret = await self.inject_error(event, NMI_RECORD_ADDRESS, None, cper.SEV_FATAL)
-            data.update(status=ret, delivered=ret == 0)
-            if ret:
-                data["reason"] = f"event {event} cannot be triggered: {Ret(ret).name}"
+            s.nmi_triggered(data, await self.inject_error(
+                event, NMI_RECORD_ADDRESS, None, cper.SEV_FATAL))
         except LookupError as e:
             data.update(status=None, delivered=False, reason=str(e))
-        self.backend.nmi_stats["nmi-delivered" if data["delivered"] else "nmi-refused"] += 1
-        if data["delivered"]:
-            log.info("NMI for CPU %d: fatal error record, event %d triggered", cpu, event)
-        else:
-            log.warning("NMI for CPU %d refused: %s", cpu, data["reason"])
+        s.nmi_outcome(self.backend, log, data, "fatal error record, event %d triggered")
         self._emit(qmp_event("SDEI_NMI", data))
 
     # ------------------------------------------------------------ hooks

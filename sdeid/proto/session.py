@@ -369,16 +369,8 @@ class Session:
             pe = cpu if ev is not None and ev.type == EventType.PRIVATE else None
             ret, trig = self.trigger(event, pe)
             out.extend(trig)
-            data.update(status=ret, delivered=ret == 0)
-            if ret:
-                data["reason"] = (f"event {event} cannot be triggered: {Ret(ret).name}"
-                                  + (" (the guest has not registered it)"
-                                     if ret == Ret.DENIED else ""))
-        b.nmi_stats["nmi-delivered" if data["delivered"] else "nmi-refused"] += 1
-        if not data["delivered"]:
-            self.log.warning("NMI for CPU %d refused: %s", cpu, data["reason"])
-        else:
-            self.log.info("NMI for CPU %d: event %d triggered", cpu, event)
+            nmi_triggered(data, ret)
+        nmi_outcome(b, self.log, data, "event %d triggered")
         out.append(Observed("SDEI_NMI", data))
 
     def _line(self, intid: int, pe: int, level: int, edges: int, out: list[Output]) -> None:
@@ -637,6 +629,25 @@ class Session:
         if ret == 0 and self.state == ConnState.READY:
             self._effects(effects, out)
         return int(ret), out
+
+
+def nmi_triggered(data: dict[str, Any], ret: int) -> None:
+    """An NMI's report (SDEI_NMI) once its event was triggered with `ret`."""
+    data.update(status=ret, delivered=ret == 0)
+    if ret:
+        data["reason"] = (f"event {data['event']} cannot be triggered: {Ret(ret).name}"
+                          + (" (the guest has not registered it)"
+                             if ret == Ret.DENIED else ""))
+
+
+def nmi_outcome(backend: Backend, log: Any, data: dict[str, Any], done: str) -> None:
+    """Count and log an NMI's report, however it was delivered: `done`
+    says how, with the event's number (%d)."""
+    backend.nmi_stats["nmi-delivered" if data["delivered"] else "nmi-refused"] += 1
+    if data["delivered"]:
+        log.info("NMI for CPU %d: " + done, data["cpu"], data["event"])
+    else:
+        log.warning("NMI for CPU %d refused: %s", data["cpu"], data["reason"])
 
 
 def replay(backend: Backend, records: list[tuple[Any, ...]]) -> None:
