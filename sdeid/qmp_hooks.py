@@ -33,6 +33,17 @@ WATCHED = ("RESET", "STOP", "RESUME", "SHUTDOWN", "MIGRATION", "POWERDOWN",
            "GUEST_PANICKED")
 
 
+class _DropConnectFailures(logging.Filter):
+    """Drops qemu.qmp's "Failed to establish ..." records."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dropped_before = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to establish")
+
+
 class QmpHooks:
     def __init__(self, path: str, observe: Callable[[str, dict[str, Any]], None],
                  on_shutdown: Callable[[], None] | None = None,
@@ -49,16 +60,28 @@ class QmpHooks:
         self.task = asyncio.create_task(self._run(), name="qmp-hooks")
 
     async def _connect(self) -> None:
+        """Connect, retrying until `connect_timeout`: QEMU may not have
+        created its monitor yet.  qemu.qmp logs every failed attempt at
+        ERROR; while retrying those are expected, so one INFO line says what
+        we wait for and only the final failure is reported (by _run)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.connect_timeout
-        while True:
-            try:
-                await self.client.connect(self.path)
-                return
-            except (QMPError, OSError) as e:
-                if loop.time() > deadline:
-                    raise ConnectionError(f"QMP {self.path}: {e}") from e
-                await asyncio.sleep(0.1)
+        quiet = _DropConnectFailures()
+        self.client.logger.addFilter(quiet)
+        try:
+            while True:
+                try:
+                    await self.client.connect(self.path)
+                    return
+                except (QMPError, OSError) as e:
+                    if loop.time() > deadline:
+                        raise ConnectionError(f"QMP {self.path}: {e}") from e
+                    if not quiet.dropped_before:
+                        log.info("waiting for QEMU's QMP monitor at %s (%s)", self.path, e)
+                    quiet.dropped_before = True
+                    await asyncio.sleep(0.1)
+        finally:
+            self.client.logger.removeFilter(quiet)
 
     async def _run(self) -> None:
         try:
