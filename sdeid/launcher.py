@@ -1,27 +1,27 @@
 """`sdeid run`: start sdeid and QEMU wired together, and tear both down.
 
     sdeid run [--smp N] [--memory SIZE] [--conduit hvc|smc] [--accel kvm|tcg]
-              [--firmware dt|uefi]
+              [--firmware dt|uefi] [--uefi-firmware CODE VARS]
               [--qemu PATH] [--sdeid-arg ARG]... [--sdei-device-props PROPS]
-              [--keep-dir DIR]
+              [--agdi-event N] [--monitor PATH] [--keep-dir DIR]
               [--timeout SECONDS] -- QEMU-ARGS...
 
 The daemon starts first and proves it listens (READY on a pipe, never a
 sleep); then QEMU starts with an `smccc-user` device on the daemon's socket
 (protocol 2, qemu-patches/v2) and a QMP monitor reserved for the daemon's
 lifecycle hooks.  The guest's serial console is this program's stdout.
-SIGINT/SIGTERM are forwarded to QEMU; whatever happens, both processes are gone when this returns.
+SIGINT/SIGTERM are forwarded to QEMU; whatever happens, both processes are
+gone when this returns.
 
 Exit status: 0 when QEMU exits 0 (the guest powered off), QEMU's status when
-it fails, 1 when the daemon fails, 124 on --timeout, 128+N after signal N;
-every non-zero status comes with a one-line reason on stderr.
+it fails, 1 when the daemon fails, 3 when nothing could be started, 126/127
+when QEMU cannot be executed, 124 on --timeout, 128+N after signal N; every
+non-zero status comes with a one-line reason on stderr.
 
-The same machinery is a Python API for tests (`Launch`):
-
-    with Launch(["-kernel", "guest.bin"], smp=4, protocol=2, capture_output=True) as vm:
-        line = vm.expect(r"^SDEI-WAIT-TRIGGER (\\d+)", timeout=30)
-        vm.control().execute("sdei-trigger", {"event": 101})
-        assert vm.wait(timeout=60) == 0
+This module is the product: command line, supervision, the CLI.  It finds
+QEMU and the UEFI firmware where an installation puts them and never builds
+anything; the test harness (console capture, fault injection, QMP clients,
+building QEMU from the repository) is sdeid.testing.vm.
 """
 
 from __future__ import annotations
@@ -29,10 +29,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import errno
-import json
 import os
-import queue
-import re
 import selectors
 import shutil
 import signal
@@ -40,21 +37,22 @@ import socket
 import struct
 import subprocess
 import sys
+import sysconfig
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import IO, Any
+from typing import Any, Self
 
 from sdeid.errors import SdeidError
 
 PROG = "sdeid run"
-REPO = Path(__file__).resolve().parent.parent
-BUILD_QEMU = REPO / "scripts" / "build-qemu"
-FETCH_ASSETS = REPO / "scripts" / "fetch-guest-assets"
-AAVMF_DIR = Path("/usr/share/AAVMF")
+# Where the daemon's package lives: the daemon subprocess imports the same
+# copy of sdeid as this process, however it was loaded.
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+AAVMF_DIR = Path("/usr/share/AAVMF")      # Debian's qemu-efi-aarch64
+QEMU_NAME = "qemu-system-aarch64"
 SUN_PATH_MAX = 107          # sockaddr_un.sun_path, less the NUL
 
 # Exit statuses of `sdeid run`, by whose failure it is (QEMU's own status
@@ -91,103 +89,10 @@ class LaunchError(SdeidError):
         return text
 
 
-class ControlError(SdeidError):
-    """The control socket answered a command with a QMP error."""
-
-    def __init__(self, cls: str, desc: str) -> None:
-        super().__init__(f"{cls}: {desc}")
-        self.cls = cls
-        self.desc = desc
-
-
-class ControlClient:
-    """A small blocking client for sdeid's QMP-style control socket (one JSON
-    value per line).  Asynchronous events are kept in `.events`."""
-
-    def __init__(self, path: str | Path, timeout: float = 10.0) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.buf = b""
-        self.events: list[dict[str, Any]] = []
-        self.next_id = 0
-        try:
-            self.sock.connect(str(path))
-            greeting = self._recv()
-            if "QMP" not in greeting:
-                raise ControlError("ProtocolError", f"unexpected greeting {greeting!r}")
-            self.execute("qmp_capabilities")
-        except BaseException:
-            self.sock.close()
-            raise
-
-    def _recv(self) -> dict[str, Any]:
-        while b"\n" not in self.buf:
-            data = self.sock.recv(65536)
-            if not data:
-                raise ConnectionError("control socket closed")
-            self.buf += data
-        line, self.buf = self.buf.split(b"\n", 1)
-        value = json.loads(line)
-        if not isinstance(value, dict):
-            raise ControlError("ProtocolError", f"unexpected message {value!r}")
-        return value
-
-    def execute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        self.next_id += 1
-        req: dict[str, Any] = {"execute": command, "id": self.next_id}
-        if arguments:
-            req["arguments"] = arguments
-        self.sock.sendall(json.dumps(req).encode() + b"\n")
-        while True:
-            msg = self._recv()
-            if "event" in msg:
-                self.events.append(msg)
-                continue
-            if msg.get("id") != self.next_id:
-                continue
-            if "error" in msg:
-                err = msg["error"]
-                raise ControlError(str(err.get("class")), str(err.get("desc")))
-            return msg.get("return")
-
-    def execute_all(self, commands: Sequence[tuple[str, dict[str, Any] | None]]
-                    ) -> list[dict[str, Any]]:
-        """Send every command at once, without waiting for a reply between
-        them, then collect the replies: each reply message ({"return": ...}
-        or {"error": ...}), in the order of `commands`."""
-        first = self.next_id + 1
-        reqs = []
-        for command, arguments in commands:
-            self.next_id += 1
-            req: dict[str, Any] = {"execute": command, "id": self.next_id}
-            if arguments:
-                req["arguments"] = arguments
-            reqs.append(json.dumps(req).encode() + b"\n")
-        self.sock.sendall(b"".join(reqs))
-        replies: dict[int, dict[str, Any]] = {}
-        while len(replies) < len(reqs):
-            msg = self._recv()
-            if "event" in msg:
-                self.events.append(msg)
-            elif isinstance(msg.get("id"), int) and first <= msg["id"] <= self.next_id:
-                replies[msg["id"]] = msg
-        return [replies[i] for i in range(first, self.next_id + 1)]
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def __enter__(self) -> ControlClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
 # ------------------------------------------------------------------ helpers
 
-# The variables that name a prebuilt patched QEMU instead of building one,
-# first set wins (SDEID_QEMU_V2 from when there were two protocols); without
-# them, build-qemu's default series (qemu-patches/DEFAULT names it).
+# The variables that name the patched QEMU, first set wins (SDEID_QEMU_V2
+# from when there were two protocols).
 QEMU_VARIABLES = ("SDEID_QEMU", "SDEID_QEMU_V2")
 # The device protocol: 2 is the only one.  `protocol=` is still accepted so
 # callers written when there were two keep working.
@@ -197,30 +102,50 @@ DEFAULT_PROTOCOL = 2
 SDEI_FIDS = "0xc4000020-0xc400003f,0x84000020-0x8400003f"
 
 
+def env_bin() -> Path:
+    """The bin directory of the Python environment this sdeid runs in."""
+    return Path(sysconfig.get_path("scripts"))
+
+
+def has_smccc_user(qemu: str) -> bool:
+    """Whether `qemu` has the series' device.  QEMU answers `-device X,help`
+    with status 0 whether or not X exists, so the listing is the answer."""
+    try:
+        proc = subprocess.run([qemu, "-device", "smccc-user,help"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                              timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and "smccc-user options" in proc.stdout
+
+
 def find_qemu(explicit: str | None = None, protocol: int = DEFAULT_PROTOCOL) -> str:
-    """--qemu, else $SDEID_QEMU (or $SDEID_QEMU_V2), else what
-    scripts/build-qemu prints last for its default series (it builds, or
-    answers from its cache at once)."""
+    """The patched QEMU: `explicit` (--qemu), else $SDEID_QEMU, else a
+    qemu-system-aarch64 with the smccc-user device next to this Python (the
+    environment sdeid is installed in; the repository's scripts/build-qemu
+    links its build into .venv/bin), else on PATH.  Nothing is built here."""
     if protocol != DEFAULT_PROTOCOL:
         raise ValueError(f"protocol must be {DEFAULT_PROTOCOL}, not {protocol!r}")
     if explicit:
         return explicit
-    variables = QEMU_VARIABLES
-    for var in variables:
+    for var in QEMU_VARIABLES:
         env = os.environ.get(var)
         if env:
             return env
-    if not BUILD_QEMU.is_file():
-        raise LaunchError(f"no QEMU: pass --qemu PATH or set {variables[0]} "
-                          f"({BUILD_QEMU} is not there to build one)", who="setup")
-    cmd = [str(BUILD_QEMU)]
-    proc = subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE,
-                          stdin=subprocess.DEVNULL, text=True)
-    lines = proc.stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
-        raise LaunchError(f"scripts/build-qemu failed with status {proc.returncode}",
-                          exit_code=proc.returncode, command=cmd, who="setup")
-    return lines[-1]
+    candidates: list[str] = []
+    beside = env_bin() / QEMU_NAME
+    if beside.is_file():
+        candidates.append(str(beside))
+    on_path = shutil.which(QEMU_NAME)
+    if on_path and on_path not in candidates:
+        candidates.append(on_path)
+    for qemu in candidates:
+        if has_smccc_user(qemu):
+            return qemu
+    found = (f" ({', '.join(candidates)} has no smccc-user device)" if candidates else "")
+    raise LaunchError(f"no patched QEMU found{found}: pass --qemu PATH or set SDEID_QEMU "
+                      "(the sdeid repository's scripts/build-qemu builds one with "
+                      "qemu-patches/v2)", who="setup")
 
 
 ACCELS = ("kvm", "tcg")
@@ -235,31 +160,13 @@ def default_accel() -> str:
 
 
 def find_aavmf() -> tuple[Path, Path]:
-    """The UEFI firmware pair: scripts/fetch-guest-assets' answer when the
-    script is there, else Debian's qemu-efi-aarch64 location."""
+    """The UEFI firmware pair where Debian's qemu-efi-aarch64 installs it."""
     code, vars_ = AAVMF_DIR / "AAVMF_CODE.fd", AAVMF_DIR / "AAVMF_VARS.fd"
-    if FETCH_ASSETS.is_file():
-        proc = subprocess.run([str(FETCH_ASSETS)], cwd=REPO, stdout=subprocess.PIPE,
-                              stdin=subprocess.DEVNULL, text=True)
-        if proc.returncode != 0:
-            raise LaunchError(f"scripts/fetch-guest-assets failed with status "
-                              f"{proc.returncode}", command=[str(FETCH_ASSETS)], who="setup")
-        found = dict(ln.split("=", 1) for ln in proc.stdout.splitlines() if "=" in ln)
-        code = Path(found.get("AAVMF_CODE", code))
-        vars_ = Path(found.get("AAVMF_VARS", vars_))
     for f in (code, vars_):
         if not f.is_file():
-            raise LaunchError(f"UEFI firmware {f} not found (apt-get install qemu-efi-aarch64)",
-                              who="setup")
+            raise LaunchError(f"UEFI firmware {f} not found (apt-get install qemu-efi-aarch64, "
+                              "or --uefi-firmware CODE VARS)", who="setup")
     return code, vars_
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def _pdeathsig() -> Callable[[], None] | None:
@@ -291,19 +198,16 @@ class Launch:
     both down (QEMU first: SIGTERM, then SIGKILL after `kill_grace`; then the
     daemon, which normally exits with the VM by itself).
 
-    capture_output=False: QEMU's stdout (the guest console) and stderr and
-    the daemon's stderr are inherited.  capture_output=True: console lines
-    are collected (`lines`, `readline`, `expect`), optionally echoed to
-    `echo`, console_input=True lets `send_console` type on the console, and
-    QEMU's and the daemon's stderr go to qemu.log / sdeid.log in the working
-    directory (quoted in LaunchError)."""
+    Both processes inherit this one's stdin, stdout and stderr: the guest's
+    serial console is our stdout.  sdeid.testing.vm.VM captures them
+    instead, through the `_qemu_stdio`/`_daemon_stderr`/`_qemu_started`
+    hooks."""
 
     def __init__(self, qemu_args: Sequence[str] = (), *, qemu: str | None = None,
                  smp: int = 2, memory: str = "1G", conduit: str = "hvc",
                  firmware: str = "dt", sdeid_args: Sequence[str] = (),
                  device_props: str = "", protocol: int = DEFAULT_PROTOCOL,
-                 keep_dir: str | Path | None = None, capture_output: bool = False,
-                 echo: IO[str] | None = None, console_input: bool = False,
+                 keep_dir: str | Path | None = None,
                  ready_timeout: float = 30.0,
                  kill_grace: float = 5.0, daemon_grace: float = 2.0,
                  monitor: str | Path | None = None, accel: str | None = None,
@@ -350,9 +254,6 @@ class Launch:
         # HEST error source notified by that SDEI event; needs firmware="uefi")
         self.device_props = device_props.strip(",")
         self.keep_dir = Path(keep_dir) if keep_dir is not None else None
-        self.capture_output = capture_output
-        self.echo = echo
-        self.console_input = console_input
         self.ready_timeout = ready_timeout
         self.kill_grace = kill_grace
         self.daemon_grace = daemon_grace
@@ -365,10 +266,6 @@ class Launch:
         self.qemu_proc: subprocess.Popen[bytes] | None = None
         self.daemon_command: list[str] = []
         self.qemu_command: list[str] = []
-        self.lines: list[str] = []
-        self._queue: queue.Queue[str | None] = queue.Queue()
-        self._reader: threading.Thread | None = None
-        self._logs: list[IO[bytes]] = []
         self._daemon_exit_seen: float | None = None
         self._qmp_listener: socket.socket | None = None
         self._mon_listener: socket.socket | None = None
@@ -396,22 +293,35 @@ class Launch:
         """QEMU's QMP monitor for the operator (not the daemon's hooks)."""
         return self.monitor if self.monitor is not None else self._path("monitor.sock")
 
-    def qemu_monitor(self, timeout: float = 10.0) -> ControlClient:
-        """A new QMP connection to QEMU's operator monitor (close it), e.g.
-        `vm.qemu_monitor().execute("inject-nmi")`."""
-        return ControlClient(self.monitor_path, timeout)
+    # ----------------------------------------- what a harness may change
 
-    @property
-    def daemon_log(self) -> Path:
-        return self._path("sdeid.log")
+    def _find_qemu(self) -> str:
+        return find_qemu(self.qemu, self.protocol)
 
-    @property
-    def qemu_log(self) -> Path:
-        return self._path("qemu.log")
+    def _find_aavmf(self) -> tuple[Path, Path]:
+        return self.aavmf or find_aavmf()
+
+    def _daemon_stderr(self) -> Any:
+        """Where the daemon's stdout and stderr go (None: ours)."""
+        return None
+
+    def _qemu_stdio(self) -> tuple[Any, Any, Any]:
+        """QEMU's stdin, stdout and stderr (None: ours)."""
+        return None, None, None
+
+    def _qemu_started(self) -> None:
+        """Called once QEMU runs."""
+
+    def _daemon_tail(self) -> str:
+        """The end of the daemon's log, for LaunchError (ours is the terminal)."""
+        return ""
+
+    def _closed(self) -> None:
+        """Called at the end of shutdown(), both processes gone."""
 
     # --------------------------------------------------------- lifecycle
 
-    def __enter__(self) -> Launch:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -437,7 +347,7 @@ class Launch:
         if len(str(self.control_path)) > SUN_PATH_MAX:
             raise LaunchError(f"working directory {self.workdir} is too long for "
                               "Unix socket paths", who="setup")
-        qemu = find_qemu(self.qemu, self.protocol)
+        qemu = self._find_qemu()
         # The monitor reserved for the daemon listens before either process
         # starts and QEMU inherits it: the daemon's QMP connect cannot race
         # QEMU's start (it is queued until QEMU accepts).
@@ -468,11 +378,6 @@ class Launch:
         self.qemu_command = [qemu, *self._qemu_argv()]
         self._start_qemu()
 
-    def _open_log(self, path: Path) -> IO[bytes]:
-        f = open(path, "ab")
-        self._logs.append(f)
-        return f
-
     def _start_daemon(self) -> None:
         rfd, wfd = os.pipe()
         self.daemon_command = [
@@ -482,15 +387,14 @@ class Launch:
             "--qmp", str(self.qmp_path),
             "--exit-with-vm", "--ready-fd", str(wfd),
             *self.sdeid_args]
-        stderr: Any = self._open_log(self.daemon_log) if self.capture_output else None
+        out = self._daemon_stderr()
         env = dict(os.environ)
-        # The daemon imports this very package, wherever it was loaded from.
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+            p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH", "")) if p)
         try:
             self.daemon_proc = subprocess.Popen(
-                self.daemon_command, stdin=subprocess.DEVNULL, stdout=stderr,
-                stderr=stderr, pass_fds=(wfd,), env=env,
+                self.daemon_command, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=out, pass_fds=(wfd,), env=env,
                 # Its own session: a terminal's ^C goes to QEMU (which we
                 # wait for), not to the daemon, which exits with the VM.
                 start_new_session=True, preexec_fn=_pdeathsig())
@@ -559,21 +463,22 @@ class Launch:
         if not self.reboot:
             argv.append("-no-reboot")     # a guest reboot ends the VM
         if self.firmware == "uefi":
-            code, vars_ = self.aavmf or find_aavmf()
+            code, vars_ = self._find_aavmf()
+            if not code.is_file():
+                raise LaunchError(f"UEFI firmware {code} not found", who="setup")
             vars_copy = self._path("AAVMF_VARS.fd")
-            shutil.copyfile(vars_, vars_copy)
+            try:
+                shutil.copyfile(vars_, vars_copy)
+            except OSError as e:
+                raise LaunchError(f"cannot copy the UEFI variables {vars_}: {e.strerror}",
+                                  who="setup") from e
             argv += ["-drive", f"if=pflash,format=raw,readonly=on,file={code}",
                      "-drive", f"if=pflash,format=raw,file={vars_copy}"]
             argv += acpi_tables(self._path("agdi.bin"), self.agdi_event)
         return argv + self.qemu_args
 
     def _start_qemu(self) -> None:
-        if self.capture_output:
-            stdout: Any = subprocess.PIPE
-            stderr: Any = self._open_log(self.qemu_log)
-            stdin: Any = subprocess.PIPE if self.console_input else subprocess.DEVNULL
-        else:
-            stdout = stderr = stdin = None
+        stdin, stdout, stderr = self._qemu_stdio()
         assert self._qmp_listener is not None
         try:
             self.qemu_proc = subprocess.Popen(
@@ -590,89 +495,9 @@ class Launch:
             self._qmp_listener.close()      # QEMU has its own copy now
             if self._mon_listener is not None:
                 self._mon_listener.close()
-        if self.capture_output:
-            assert self.qemu_proc.stdout is not None
-            self._reader = threading.Thread(target=self._read_console,
-                                            args=(self.qemu_proc.stdout,),
-                                            name="sdeid-run-console", daemon=True)
-            self._reader.start()
-
-    def _read_console(self, stream: IO[bytes]) -> None:
-        try:
-            for raw in stream:
-                line = raw.decode(errors="replace").rstrip("\r\n").replace("\r", "")
-                self.lines.append(line)
-                self._queue.put(line)
-                if self.echo is not None:
-                    try:
-                        self.echo.write(line + "\n")
-                        self.echo.flush()
-                    except (OSError, ValueError):
-                        pass
-        finally:
-            self._queue.put(None)
-
-    # ----------------------------------------------------------- console
-
-    def readline(self, timeout: float | None = None) -> str | None:
-        """The next console line (capture_output only); None at EOF.
-        Raises TimeoutError when nothing arrives within `timeout`."""
-        if not self.capture_output:
-            raise RuntimeError("readline needs capture_output=True")
-        try:
-            line = self._queue.get(timeout=timeout)
-        except queue.Empty:
-            raise TimeoutError(f"no console output within {timeout} s") from None
-        if line is None:
-            self._queue.put(None)   # EOF stays EOF
-        return line
-
-    def iter_lines(self, timeout: float | None = None) -> Iterator[str]:
-        """Console lines until EOF; `timeout` bounds the whole iteration."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            line = self.readline(left)
-            if line is None:
-                return
-            yield line
-
-    def expect(self, pattern: str, timeout: float | None = None) -> re.Match[str]:
-        """Read console lines until one matches `pattern` (re.search)."""
-        rx = re.compile(pattern)
-        for line in self.iter_lines(timeout):
-            m = rx.search(line)
-            if m:
-                return m
-        raise LaunchError(f"console ended without a line matching {pattern!r}",
-                          output="\n".join(self.lines[-30:]))
-
-    def send_console(self, data: bytes) -> None:
-        """Type `data` on the guest's serial console (console_input only)."""
-        if self.qemu_proc is None or self.qemu_proc.stdin is None:
-            raise RuntimeError("send_console needs capture_output=True, console_input=True")
-        self.qemu_proc.stdin.write(data)
-        self.qemu_proc.stdin.flush()
-
-    def control(self, timeout: float = 10.0) -> ControlClient:
-        """A new connection to the daemon's control socket (close it)."""
-        return ControlClient(self.control_path, timeout)
-
-    def trigger(self, event: int, pe: int | None = None) -> None:
-        """`sdei-trigger` through the control socket."""
-        args: dict[str, Any] = {"event": event}
-        if pe is not None:
-            args["pe"] = pe
-        with self.control() as c:
-            c.execute("sdei-trigger", args)
+        self._qemu_started()
 
     # -------------------------------------------------------------- wait
-
-    def _daemon_tail(self) -> str:
-        return _tail(self.daemon_log) if self.capture_output and self.workdir else ""
-
-    def _qemu_tail(self) -> str:
-        return _tail(self.qemu_log) if self.capture_output and self.workdir else ""
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for QEMU to exit and return its status.  Raises TimeoutError
@@ -733,36 +558,6 @@ class Launch:
         if self.qemu_proc is not None and self.qemu_proc.poll() is None:
             self.qemu_proc.send_signal(signum)
 
-    def restart_daemon(self) -> None:
-        """Kill sdeid (SIGKILL, as a crash would) and start it again with
-        the same command line while QEMU keeps running: what a supervisor
-        does.  With --state-file among sdeid_args the new daemon restores
-        the dispatcher; QEMU reconnects on its own (reconnect-ms)."""
-        d = self.daemon_proc
-        if d is None or self.qemu_proc is None:
-            raise RuntimeError("not started")
-        if d.poll() is None:
-            d.kill()
-        d.wait()
-        self._daemon_exit_seen = None
-        self._start_daemon()
-
-    def wait_connected(self, timeout: float = 30.0) -> None:
-        """Until the daemon reports QEMU connected (query-status), e.g. after
-        restart_daemon().  Raises TimeoutError.  Right after a stalled daemon
-        resumes this may still see the old connection."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with self.control(timeout=5) as ctl:
-                    if ctl.execute("query-status")["connected"]:
-                        return
-            except (ControlError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"QEMU not connected to sdeid after {timeout:g} s")
-            time.sleep(0.2)
-
     @staticmethod
     def _stop(proc: subprocess.Popen[Any] | None, grace: float, own_grace: float = 0.0) -> None:
         """Let `proc` exit on its own for `own_grace`, then SIGTERM, then
@@ -786,8 +581,8 @@ class Launch:
         proc.wait()
 
     def shutdown(self) -> None:
-        """Tear down QEMU, then the daemon; close logs; remove the working
-        directory unless it was given with keep_dir.  Idempotent."""
+        """Tear down QEMU, then the daemon; remove the working directory
+        unless it was given with keep_dir.  Idempotent."""
         if self._qmp_listener is not None:
             self._qmp_listener.close()
         if self._mon_listener is not None:
@@ -798,18 +593,7 @@ class Launch:
             try:
                 self._stop(self.daemon_proc, self.kill_grace, own_grace=self.daemon_grace)
             finally:
-                if self.qemu_proc is not None and self.qemu_proc.stdout is not None:
-                    if self._reader is not None:
-                        self._reader.join(timeout=self.kill_grace)
-                    self.qemu_proc.stdout.close()
-                if self.qemu_proc is not None and self.qemu_proc.stdin is not None:
-                    try:
-                        self.qemu_proc.stdin.close()
-                    except OSError:
-                        pass
-                for f in self._logs:
-                    f.close()
-                self._logs.clear()
+                self._closed()
                 if self.monitor is not None and self._mon_listener is not None:
                     try:
                         if self.monitor.is_socket():
@@ -841,12 +625,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--firmware", choices=["dt", "uefi"], default="dt",
                     help="dt: direct kernel boot with a device tree; uefi: AAVMF + ACPI "
                     "(ras=on)")
+    ap.add_argument("--uefi-firmware", nargs=2, type=Path, metavar=("CODE", "VARS"),
+                    help="with --firmware uefi: the firmware and its pristine variable store "
+                    "(copied before use); default: Debian's /usr/share/AAVMF pair")
     ap.add_argument("--protocol", type=int, choices=[2], default=2,
                     help="the device protocol: 2, the only one (the smccc-user device of "
                     "qemu-patches/v2); accepted for scripts written when there were two")
     ap.add_argument("--qemu", metavar="PATH",
-                    help="the patched qemu-system-aarch64 (default: $SDEID_QEMU, else "
-                    "what scripts/build-qemu builds: the series qemu-patches/DEFAULT names)")
+                    help="the patched qemu-system-aarch64 (default: $SDEID_QEMU, else one "
+                    "with the smccc-user device next to this Python or on PATH; the "
+                    "repository's scripts/build-qemu builds one and links it into .venv/bin)")
     ap.add_argument("--sdeid-arg", action="append", default=[], metavar="ARG",
                     help="pass ARG to the daemon (repeatable)")
     ap.add_argument("--sdei-device-props", default="", metavar="PROPS",
@@ -895,6 +683,8 @@ def main(argv: list[str] | None = None) -> int:
         build_parser().error("--smp must be at least 1")
     if args.timeout is not None and args.timeout <= 0:
         build_parser().error("--timeout must be positive")
+    if args.uefi_firmware and args.firmware != "uefi":
+        build_parser().error("--uefi-firmware needs --firmware uefi")
 
     try:
         launch = Launch(qemu_args, qemu=args.qemu, smp=args.smp, memory=args.memory,
@@ -902,7 +692,8 @@ def main(argv: list[str] | None = None) -> int:
                         sdeid_args=args.sdeid_arg, device_props=args.sdei_device_props,
                         protocol=args.protocol, keep_dir=args.keep_dir,
                         monitor=args.monitor, accel=args.accel,
-                        agdi_event=args.agdi_event)
+                        agdi_event=args.agdi_event,
+                        aavmf=tuple(args.uefi_firmware) if args.uefi_firmware else None)
     except ValueError as e:
         build_parser().error(str(e))
     got: list[int] = []

@@ -124,7 +124,7 @@ def test_the_trace_comparison_names_the_first_differing_call() -> None:
                     reason="SDEID_SKIP_INTEGRATION=1")
 @pytest.mark.integration
 def test_the_real_stack_agrees_with_the_model_call_for_call(tmp_path: Path) -> None:
-    from sdeid.launcher import find_qemu
+    from sdeid.testing.vm import find_qemu
     image, qemu = df.build_guest(), find_qemu(None, 2)
     g = df.run_guest(image, qemu, calls=CI_CALLS, seed=2026, chunk=CI_CHUNK, timeout=900,
                      workdir=tmp_path / "run")

@@ -21,7 +21,7 @@ from types import ModuleType
 
 import pytest
 
-from sdeid.launcher import find_qemu
+from sdeid.testing.vm import find_qemu
 from tests.scripts import load_script
 
 pytestmark = pytest.mark.integration

@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pytest
 
-from sdeid.launcher import REPO
 from sdeid.testing.conformance import (  # noqa: F401  (the tests' names for them)
     RUN_TIMEOUT,
     TRIGGER,
     run_guest,
 )
+from sdeid.testing.vm import REPO
 
 pytestmark = pytest.mark.integration
 

@@ -111,7 +111,7 @@ integration = pytest.mark.skipif(os.environ.get("SDEID_SKIP_INTEGRATION") == "1"
 
 @pytest.fixture(scope="module")
 def guest_and_qemu() -> tuple[Path, str]:
-    from sdeid.launcher import find_qemu
+    from sdeid.testing.vm import find_qemu
     return kt.build_guest(), find_qemu(None, 2)
 
 

@@ -1,4 +1,5 @@
-"""The launcher (`sdeid run`, sdeid.launcher.Launch) without QEMU.
+"""The launcher (`sdeid run`, sdeid.launcher) and the test harness around it
+(sdeid.testing.vm.VM, sdeid.testing.qmp) without QEMU.
 
 A fake `qemu-system-aarch64` stands in: it records its command line, proves
 the daemon was already serving when it started (it connects to the control
@@ -13,6 +14,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -22,7 +24,11 @@ from pathlib import Path
 import pytest
 
 from sdeid import launcher
-from sdeid.launcher import ControlClient, Launch, LaunchError
+from sdeid.errors import SdeidError
+from sdeid.launcher import LaunchError
+from sdeid.testing import vm as harness
+from sdeid.testing.qmp import ControlError, QmpConnection
+from sdeid.testing.vm import REPO, VM
 
 V2_DEVICE = "smccc-user,chardev=sdei0,fids=0xc4000020-0xc400003f,,0x84000020-0x8400003f"
 
@@ -93,10 +99,10 @@ def wait_gone(pid: int, timeout: float = 30.0) -> bool:
 
 def run_cli(args: list[str], mode: str) -> subprocess.Popen[str]:
     env = dict(os.environ, FAKE_QEMU_MODE=mode)
-    env["PYTHONPATH"] = str(launcher.REPO)
+    env["PYTHONPATH"] = str(REPO)
     return subprocess.Popen([sys.executable, "-m", "sdeid", "run", *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env, cwd=launcher.REPO)
+                            env=env, cwd=REPO)
 
 
 def daemon_pid(out: str) -> int:
@@ -155,24 +161,48 @@ def test_cli_smc_conduit_and_keep_dir(fake_qemu: str, tmp_path: Path) -> None:
     assert not (keep / "control.sock").exists()     # the daemon cleaned up after itself
 
 
-def test_cli_uefi_firmware_copies_vars(fake_qemu: str, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    code, vars_ = tmp_path / "CODE.fd", tmp_path / "VARS.fd"
+def firmware_pair(where: Path) -> tuple[Path, Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    code, vars_ = where / "AAVMF_CODE.fd", where / "AAVMF_VARS.fd"
     code.write_bytes(b"c" * 16)
     vars_.write_bytes(b"v" * 16)
-    monkeypatch.setattr(launcher, "find_aavmf", lambda: (code, vars_))
+    return code, vars_
+
+
+def test_cli_uefi_firmware_copies_vars(fake_qemu: str, tmp_path: Path) -> None:
+    code, vars_ = firmware_pair(tmp_path / "fw")
     keep = tmp_path / "run"
-    lines: list[str] = []
-    with Launch(["-kernel", "k"], qemu=fake_qemu, protocol=2, firmware="uefi", keep_dir=keep,
-                capture_output=True) as vm:
-        assert vm.wait(timeout=60) == 0
-        lines = list(vm.lines)
-    argv = fake_argv("\n".join(lines))
+    p = run_cli(["--qemu", fake_qemu, "--firmware", "uefi", "--keep-dir", str(keep),
+                 "--uefi-firmware", str(code), str(vars_), "--", "-kernel", "k"], "exit:0")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    argv = fake_argv(out)
     assert argv[argv.index("-M") + 1] == "virt,gic-version=3,ras=on"
     drives = [argv[i + 1] for i, a in enumerate(argv) if a == "-drive"]
     assert drives == [f"if=pflash,format=raw,readonly=on,file={code}",
                       f"if=pflash,format=raw,file={keep.resolve()}/AAVMF_VARS.fd"]
     assert (keep / "AAVMF_VARS.fd").read_bytes() == vars_.read_bytes()
+    assert argv[argv.index("-acpitable") + 1] == "sig=SDEI,rev=1,data=/dev/null"
+    assert wait_gone(daemon_pid(out))
+
+
+def test_uefi_firmware_default_and_its_absence(fake_qemu: str, tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --uefi-firmware, Debian's qemu-efi-aarch64 location; without
+    that package, nothing starts (3) and the line says what to install."""
+    monkeypatch.setattr(launcher, "AAVMF_DIR", tmp_path / "none")
+    with pytest.raises(LaunchError, match="apt-get install qemu-efi-aarch64") as e:
+        launcher.find_aavmf()
+    assert e.value.who == "setup"
+    code, vars_ = firmware_pair(tmp_path / "AAVMF")
+    monkeypatch.setattr(launcher, "AAVMF_DIR", tmp_path / "AAVMF")
+    assert launcher.find_aavmf() == (code, vars_)
+    with pytest.raises(SystemExit):
+        launcher.main(["--uefi-firmware", str(code), str(vars_), "--"])   # needs uefi
+    p = run_cli(["--qemu", fake_qemu, "--firmware", "uefi", "--uefi-firmware",
+                 str(tmp_path / "no-code"), str(vars_), "--"], "exit:0")
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 3 and "no-code" in err and "FAKE-ARGV" not in out, err
 
 
 def test_sdei_device_props(fake_qemu: str, tmp_path: Path) -> None:
@@ -185,8 +215,7 @@ def test_sdei_device_props(fake_qemu: str, tmp_path: Path) -> None:
     assert wait_gone(daemon_pid(out))
     # API: device_props; without it the device line is unchanged
     for props, want in (("ghes-event=7", V2_DEVICE + ",ghes-event=7"), ("", V2_DEVICE)):
-        with Launch([], qemu=fake_qemu, protocol=2, device_props=props,
-                    capture_output=True) as vm:
+        with VM([], qemu=fake_qemu, protocol=2, device_props=props) as vm:
             assert vm.wait(timeout=60) == 0
             argv = fake_argv("\n".join(vm.lines))
         assert argv[argv.index("-device") + 1] == want
@@ -280,7 +309,7 @@ def test_cli_setup_failure_is_neither_sdeids_nor_qemus(fake_qemu: str, tmp_path:
 def test_api_capture_control_and_teardown(fake_qemu: str, monkeypatch: pytest.MonkeyPatch
                                           ) -> None:
     monkeypatch.setenv("FAKE_QEMU_MODE", "signal")
-    with Launch(qemu=fake_qemu, protocol=2, smp=4, capture_output=True, kill_grace=5) as vm:
+    with VM(qemu=fake_qemu, protocol=2, smp=4, kill_grace=5) as vm:
         assert vm.qemu_proc is not None and vm.daemon_proc is not None
         vm.expect(r"^FAKE-WAITING", timeout=30)
         pid = daemon_pid("\n".join(vm.lines))
@@ -299,10 +328,23 @@ def test_api_capture_control_and_teardown(fake_qemu: str, monkeypatch: pytest.Mo
     assert any(ln.startswith("FAKE-GOT-SIGNAL 15") for ln in vm.lines)
 
 
+def test_product_api_inherits_the_console(fake_qemu: str, capfd: pytest.CaptureFixture[str],
+                                          tmp_path: Path) -> None:
+    """The product's Launch captures nothing: the console is our stdout, as
+    for `sdeid run`; its working directory goes with it."""
+    with launcher.Launch(["-append", "x"], qemu=fake_qemu, smp=1) as vm:
+        assert vm.wait(timeout=60) == 0
+        workdir = vm.workdir
+    out = capfd.readouterr().out
+    assert "guest says bye" in out and fake_argv(out)[-2:] == ["-append", "x"]
+    assert wait_gone(daemon_pid(out))
+    assert workdir is not None and not workdir.exists()
+
+
 def test_api_sigkill_after_grace(fake_qemu: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKE_QEMU_MODE", "ignore-term")
     t0 = time.monotonic()
-    with Launch(qemu=fake_qemu, protocol=2, capture_output=True, kill_grace=0.5) as vm:
+    with VM(qemu=fake_qemu, protocol=2, kill_grace=0.5) as vm:
         vm.expect(r"^FAKE-WAITING", timeout=30)
     assert vm.qemu_proc is not None and vm.qemu_proc.returncode == -signal.SIGKILL
     assert vm.daemon_proc is not None and vm.daemon_proc.returncode is not None
@@ -312,7 +354,7 @@ def test_api_sigkill_after_grace(fake_qemu: str, monkeypatch: pytest.MonkeyPatch
 def test_api_daemon_death_is_a_failure(fake_qemu: str, monkeypatch: pytest.MonkeyPatch
                                        ) -> None:
     monkeypatch.setenv("FAKE_QEMU_MODE", "signal")
-    with Launch(qemu=fake_qemu, protocol=2, capture_output=True, kill_grace=2) as vm:
+    with VM(qemu=fake_qemu, protocol=2, kill_grace=2) as vm:
         vm.expect(r"^FAKE-WAITING", timeout=30)
         assert vm.daemon_proc is not None
         vm.daemon_proc.kill()
@@ -327,8 +369,8 @@ def test_api_restart_daemon(fake_qemu: str, monkeypatch: pytest.MonkeyPatch,
     the same control socket, QEMU is untouched, teardown still works."""
     monkeypatch.setenv("FAKE_QEMU_MODE", "signal")
     state = tmp_path / "sdeid.state"
-    with Launch(qemu=fake_qemu, protocol=2, capture_output=True, kill_grace=5,
-                sdeid_args=["--state-file", str(state)]) as vm:
+    with VM(qemu=fake_qemu, protocol=2, kill_grace=5,
+            sdeid_args=["--state-file", str(state)]) as vm:
         vm.expect(r"^FAKE-WAITING", timeout=30)
         old, qemu_pid = vm.daemon_proc, vm.qemu_proc
         assert old is not None and qemu_pid is not None
@@ -351,7 +393,7 @@ def test_api_daemon_quit_while_vm_runs(fake_qemu: str, monkeypatch: pytest.Monke
                                        ) -> None:
     """A daemon that leaves cleanly must be followed by QEMU within the grace."""
     monkeypatch.setenv("FAKE_QEMU_MODE", "signal")
-    with Launch(qemu=fake_qemu, protocol=2, capture_output=True, kill_grace=0.5) as vm:
+    with VM(qemu=fake_qemu, protocol=2, kill_grace=0.5) as vm:
         vm.expect(r"^FAKE-WAITING", timeout=30)
         with vm.control() as c:
             c.execute("quit")
@@ -360,8 +402,7 @@ def test_api_daemon_quit_while_vm_runs(fake_qemu: str, monkeypatch: pytest.Monke
 
 
 def test_api_start_failure_leaves_nothing(fake_qemu: str, tmp_path: Path) -> None:
-    vm = Launch(qemu=fake_qemu, protocol=2, sdeid_args=["--event=bogus"], capture_output=True,
-                keep_dir=tmp_path / "run")
+    vm = VM(qemu=fake_qemu, protocol=2, sdeid_args=["--event=bogus"], keep_dir=tmp_path / "run")
     with pytest.raises(LaunchError) as e:
         vm.start()
     assert "before it was ready" in e.value.reason
@@ -371,59 +412,135 @@ def test_api_start_failure_leaves_nothing(fake_qemu: str, tmp_path: Path) -> Non
     assert vm.daemon_proc is not None and vm.daemon_proc.returncode == 1
 
 
-def test_control_client_reports_errors(fake_qemu: str, monkeypatch: pytest.MonkeyPatch
-                                       ) -> None:
+def test_control_client_reports_errors(fake_qemu: str, monkeypatch: pytest.MonkeyPatch,
+                                       tmp_path: Path) -> None:
+    """The harness's QMP connection (qemu.qmp underneath): error replies as
+    ControlError under the root error type, commands sent together answered
+    in order, a missing socket as the OS error."""
     monkeypatch.setenv("FAKE_QEMU_MODE", "signal")
-    with Launch(qemu=fake_qemu, protocol=2, capture_output=True) as vm:
+    with VM(qemu=fake_qemu, protocol=2) as vm:
         vm.expect(r"^FAKE-WAITING", timeout=30)
-        with ControlClient(vm.control_path) as c:
-            from sdeid.launcher import ControlError
+        with QmpConnection(vm.control_path) as c:
             with pytest.raises(ControlError) as e:
                 c.execute("no-such-command")
             assert e.value.cls == "CommandNotFound"
+            assert isinstance(e.value, SdeidError)
             with pytest.raises(ControlError):   # no VM has connected
                 c.execute("sdei-trigger", {"event": 0})
+            replies = c.execute_all([("query-status", None), ("no-such-command", None),
+                                     ("sdei-trigger", {"event": 0}), ("query-status", None)])
+            assert [next(iter(r)) for r in replies] == ["return", "error", "error", "return"]
+            assert replies[0]["return"]["connected"] is False
+            assert replies[1]["error"]["class"] == "CommandNotFound"
+            assert replies[2]["error"]["class"] == "GenericError"
+    with pytest.raises(FileNotFoundError):
+        QmpConnection(tmp_path / "no-such.sock", timeout=5)
 
 
-def test_find_qemu_prefers_explicit_then_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("SDEID_QEMU_V2", raising=False)
+def test_qmp_connection_times_out_on_a_silent_server(tmp_path: Path) -> None:
+    """A server that accepts and never greets: TimeoutError, not a hang."""
+    path = tmp_path / "silent.sock"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    srv.listen(1)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            QmpConnection(path, timeout=0.5)
+        assert time.monotonic() - t0 < 30
+    finally:
+        srv.close()
+
+
+# ---------------------------------------------------------- finding QEMU
+
+PROBED_QEMU = """#!/bin/sh
+# answers -device X,help as QEMU does: status 0 either way, the listing says
+[ "$1 $2" = "-device smccc-user,help" ] && [ -n "$HAS_DEVICE" ] && echo "smccc-user options:"
+exit 0
+"""
+
+
+def test_product_find_qemu_never_builds(monkeypatch: pytest.MonkeyPatch,
+                                        tmp_path: Path) -> None:
+    """--qemu, then $SDEID_QEMU, then a qemu-system-aarch64 with the device
+    next to sdeid's Python, then on PATH; one without the device is passed
+    over, and none at all is a setup failure naming the way out."""
+    for var in ("SDEID_QEMU", "SDEID_QEMU_V2"):
+        monkeypatch.delenv(var, raising=False)
+    env_bin, on_path = tmp_path / "venv-bin", tmp_path / "path-bin"
+    for d in (env_bin, on_path):
+        d.mkdir()
+        (d / "qemu-system-aarch64").write_text(PROBED_QEMU)
+        (d / "qemu-system-aarch64").chmod(0o755)
+    monkeypatch.setattr(launcher, "env_bin", lambda: env_bin)
+    monkeypatch.setenv("PATH", f"{on_path}:/usr/bin:/bin")
+    monkeypatch.setenv("HAS_DEVICE", "1")
+    assert launcher.find_qemu("/explicit") == "/explicit"
     monkeypatch.setenv("SDEID_QEMU", "/from/env")
-    assert launcher.find_qemu("/explicit", 2) == "/explicit"
-    assert launcher.find_qemu(None, 2) == "/from/env"
+    assert launcher.find_qemu() == "/from/env"
     monkeypatch.delenv("SDEID_QEMU")
     monkeypatch.setenv("SDEID_QEMU_V2", "/older/name")
-    assert launcher.find_qemu(None, 2) == "/older/name"
+    assert launcher.find_qemu() == "/older/name"
     monkeypatch.delenv("SDEID_QEMU_V2")
-    monkeypatch.setattr(launcher, "BUILD_QEMU", Path("/nonexistent/build-qemu"))
-    with pytest.raises(LaunchError, match="no QEMU"):
-        launcher.find_qemu(None, 2)
+    assert launcher.find_qemu() == str(env_bin / "qemu-system-aarch64")
+    (env_bin / "qemu-system-aarch64").unlink()
+    assert launcher.find_qemu() == str(on_path / "qemu-system-aarch64")
+    monkeypatch.delenv("HAS_DEVICE")              # a stock QEMU: not ours
+    with pytest.raises(LaunchError, match="has no smccc-user device") as e:
+        launcher.find_qemu()
+    assert e.value.who == "setup" and "SDEID_QEMU" in e.value.reason
+    (on_path / "qemu-system-aarch64").unlink()
+    with pytest.raises(LaunchError, match="no patched QEMU found: pass --qemu"):
+        launcher.find_qemu()
+    # and `sdeid run` says so with status 3, starting nothing (its own
+    # environment's bin directory is replaced, as in this process)
+    (tmp_path / "tmp").mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO), TMPDIR=str(tmp_path / "tmp"))
+    code = ("import sys; from pathlib import Path; from sdeid import launcher; "
+            f"launcher.env_bin = lambda: Path({str(env_bin)!r}); "
+            "sys.exit(launcher.main(['--']))")
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3 and "no patched QEMU found" in r.stderr, r.stderr
+    assert not list((tmp_path / "tmp").iterdir())     # its working directory is gone
 
 
-def test_find_qemu_builds_the_default_series(monkeypatch: pytest.MonkeyPatch,
-                                             tmp_path: Path) -> None:
-    """Protocol 2 asks build-qemu for its default (qemu-patches/DEFAULT
+def test_harness_find_qemu_builds_the_default_series(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    """The harness asks build-qemu for its default (qemu-patches/DEFAULT
     names it), so that file is the one place to change it."""
     for var in ("SDEID_QEMU", "SDEID_QEMU_V2"):
         monkeypatch.delenv(var, raising=False)
     fake = tmp_path / "build-qemu"
     fake.write_text('#!/bin/sh\necho "args:$*" >&2\necho "/built/$#"\n')
     fake.chmod(0o755)
-    monkeypatch.setattr(launcher, "BUILD_QEMU", fake)
-    assert launcher.find_qemu(None, 2) == "/built/0"
-    default = (launcher.REPO / "qemu-patches/DEFAULT").read_text().split("\n")
+    monkeypatch.setattr(harness, "BUILD_QEMU", fake)
+    assert harness.find_qemu() == "/built/0"
+    assert harness.find_qemu("/explicit") == "/explicit"
+    monkeypatch.setenv("SDEID_QEMU", "/from/env")
+    assert harness.find_qemu() == "/from/env"
+    monkeypatch.delenv("SDEID_QEMU")
+    default = (REPO / "qemu-patches/DEFAULT").read_text().split("\n")
     named = [ln.strip() for ln in default if ln.strip() and not ln.startswith("#")]
-    assert len(named) == 1 and (launcher.REPO / named[0] / "series").is_file()
+    assert len(named) == 1 and (REPO / named[0] / "series").is_file()
+    fake.write_text("#!/bin/sh\nexit 4\n")
+    with pytest.raises(LaunchError, match="build-qemu failed with status 4"):
+        harness.find_qemu()
+    monkeypatch.setattr(harness, "BUILD_QEMU", Path("/nonexistent/build-qemu"))
+    with pytest.raises(LaunchError, match="no QEMU"):
+        harness.find_qemu()
 
 
 def test_the_device_and_the_one_protocol(monkeypatch: pytest.MonkeyPatch,
                                          fake_qemu: str) -> None:
     monkeypatch.setenv("SDEID_QEMU", "/v2")
     assert launcher.find_qemu(None, 2) == "/v2"
-    assert Launch(qemu=fake_qemu, protocol=2)._device() == V2_DEVICE
-    assert Launch(qemu=fake_qemu)._device() == V2_DEVICE
+    assert VM(qemu=fake_qemu, protocol=2)._device() == V2_DEVICE
+    assert VM(qemu=fake_qemu)._device() == V2_DEVICE
     for gone in (1, 3):
         with pytest.raises(ValueError, match="protocol"):
-            Launch(qemu=fake_qemu, protocol=gone)
+            VM(qemu=fake_qemu, protocol=gone)
         with pytest.raises(ValueError, match="protocol"):
             launcher.find_qemu(None, gone)
 
@@ -431,7 +548,7 @@ def test_the_device_and_the_one_protocol(monkeypatch: pytest.MonkeyPatch,
 def test_socket_path_too_long(fake_qemu: str, tmp_path: Path) -> None:
     deep = tmp_path / ("d" * 100)
     with pytest.raises(LaunchError, match="too long"):
-        Launch(qemu=fake_qemu, protocol=2, keep_dir=deep).start()
+        VM(qemu=fake_qemu, protocol=2, keep_dir=deep).start()
 
 
 

@@ -54,7 +54,8 @@ from pathlib import Path
 
 import pytest
 
-from sdeid.launcher import SDEI_FIDS, ControlClient
+from sdeid.launcher import SDEI_FIDS
+from sdeid.testing.vm import QmpConnection
 from tests.test_linux_guest import (
     assets,  # noqa: F401 - a fixture
     qemu,  # noqa: F401 - a fixture
@@ -447,7 +448,7 @@ def test_inject_nmi_through_virsh_panics_the_guest(host: Host, domain: Domain) -
     assert re.search(r"ACPI: SDEI 0x", console) and re.search(r"ACPI: HEST 0x", console)
 
     # root on sdeid's control socket (the hook gives sdeid --allow-uid 0)
-    with ControlClient(d.run_dir / "control.sock", timeout=STEP_TIMEOUT) as ctl:
+    with QmpConnection(d.run_dir / "control.sock", timeout=STEP_TIMEOUT) as ctl:
         status = ctl.execute("query-status")
         assert status["connected"] and status["ready"], status
         regs = [r for r in ctl.execute("query-sdei")["registered"] if r["event"] == EVENT]
@@ -470,7 +471,7 @@ def test_inject_nmi_through_virsh_panics_the_guest(host: Host, domain: Domain) -
     nmi = time.monotonic() - t0
     assert "event severity: fatal" in d.console()
     assert "fatal error record, event 100 triggered" in _read(d.sdeid_log, 1 << 20)
-    with ControlClient(d.run_dir / "control.sock", timeout=STEP_TIMEOUT) as ctl:
+    with QmpConnection(d.run_dir / "control.sock", timeout=STEP_TIMEOUT) as ctl:
         stats = ctl.execute("query-stats")
     assert stats["nmi-received"] == 1 and stats["nmi-delivered"] == 1, stats
 

@@ -27,7 +27,7 @@ The guest runs tests/linux/overlay/tests/console.sh (see test_linux_guest.py),
 driven through QEMU's stdin.  Integration test: it runs in CI and fails, never
 skips, when QEMU or the guest assets cannot be had, unless
 SDEID_SKIP_INTEGRATION=1.  Every step has a timeout and the VM and the daemon
-are always torn down (sdeid.launcher.Launch).
+are always torn down (sdeid.testing.vm.VM).
 """
 
 from __future__ import annotations
@@ -43,7 +43,8 @@ from pathlib import Path
 
 import pytest
 
-from sdeid.launcher import Launch, LaunchError
+from sdeid.launcher import LaunchError
+from sdeid.testing.vm import VM
 from tests.test_linux_guest import (
     assets,  # noqa: F401 - a fixture
     qemu,  # noqa: F401 - a fixture
@@ -71,7 +72,7 @@ def _check_firmware(found: dict[str, str]) -> None:
             pytest.fail(f"scripts/fetch-guest-assets gave no {key}: {found}", pytrace=False)
 
 
-def _expect(vm: Launch, pattern: str, timeout: float, what: str) -> re.Match[str]:
+def _expect(vm: VM, pattern: str, timeout: float, what: str) -> re.Match[str]:
     try:
         return vm.expect(pattern, timeout=timeout)
     except (TimeoutError, LaunchError) as e:
@@ -94,7 +95,7 @@ BURST_STRIDE = 2 * 1024 * 1024
 MEMORY_FAILURE = re.compile(r"Memory failure: (0x[0-9a-f]+)")
 
 
-def burst(vm: Launch) -> None:
+def burst(vm: VM) -> None:
     """31 injections at once; each delivered to the guest or refused, none lost."""
     addresses = [BURST_BASE + i * BURST_STRIDE for i in range(BURST)]
     pfns = {a >> 12 for a in addresses}
@@ -134,14 +135,14 @@ def burst(vm: Launch) -> None:
 
 def test_memory_error_is_logged_by_the_guest(qemu: str, assets: dict[str, str],  # noqa: F811
                                              tmp_path: Path) -> None:
-    _check_firmware(assets)    # Launch(firmware="uefi") takes the same pair (find_aavmf)
+    _check_firmware(assets)    # VM(firmware="uefi") takes the same pair (find_aavmf)
     args = ["-kernel", assets["KERNEL"], "-initrd", assets["INITRD"], "-append", APPEND]
-    with Launch(args, qemu=qemu, firmware="uefi", smp=2, memory="1G",
-                sdeid_args=["--event", f"{EVENT}:shared:normal",
+    with VM(args, qemu=qemu, firmware="uefi", smp=2, memory="1G",
+            sdeid_args=["--event", f"{EVENT}:shared:normal",
                             "--state-file", str(tmp_path / "sdeid.state")],
-                device_props=f"ghes-event={EVENT}", keep_dir=tmp_path / "run",
-                capture_output=True, console_input=True,
-                echo=sys.stdout if os.environ.get("SDEID_TEST_ECHO") else None) as vm:
+            device_props=f"ghes-event={EVENT}", keep_dir=tmp_path / "run",
+            console_input=True,
+            echo=sys.stdout if os.environ.get("SDEID_TEST_ECHO") else None) as vm:
         _expect(vm, r"SDEID-CMD\? 1$", BOOT_TIMEOUT, "boot")
         console = list(vm.lines)
         assert any(re.search(r"ACPI: SDEI 0x", ln) for ln in console), "no ACPI SDEI table"
@@ -218,7 +219,7 @@ AGDI_EVENT = 300
 DUMP = re.compile(r"^TABLE (\w+) ((?:[0-9a-f]{2})*)$")
 
 
-def check_agdi(vm: Launch) -> None:
+def check_agdi(vm: VM) -> None:
     """Issue 11 (4): the AGDI table (`sdeid run --agdi-event N`, through
     -acpitable) as the guest reads it from /sys/firmware/acpi/tables, and
     the SDEI table: well formed (length, checksum), naming event N,
@@ -254,7 +255,7 @@ def spin_initrd(tmp_path: Path) -> str:
     return found["INITRD"]
 
 
-def wedge_every_cpu(vm: Launch, cpus: int = 2) -> None:
+def wedge_every_cpu(vm: VM, cpus: int = 2) -> None:
     """Load sdeid_spin (spin_initrd): every vCPU spins with interrupts
     masked, and says so on the console first."""
     vm.send_console(b"insmod /lib/sdeid/sdeid_spin.ko &\n")
@@ -286,12 +287,12 @@ def test_inject_nmi_panics_a_stock_guest_through_a_fatal_ghes_record(
     kernel's GHES SDEI handler preempts the spinning CPU and panics."""
     _check_firmware(assets)
     args = ["-kernel", assets["KERNEL"], "-initrd", spin_initrd(tmp_path), "-append", APPEND]
-    with Launch(args, qemu=qemu, firmware="uefi", smp=2, memory="1G",
-                sdeid_args=["--event", f"{EVENT}:shared:critical", "--nmi-event", str(EVENT),
+    with VM(args, qemu=qemu, firmware="uefi", smp=2, memory="1G",
+            sdeid_args=["--event", f"{EVENT}:shared:critical", "--nmi-event", str(EVENT),
                             "--nmi-ghes"],
-                device_props=f"ghes-event={EVENT}", keep_dir=tmp_path / "run",
-                capture_output=True, console_input=True, agdi_event=AGDI_EVENT,
-                echo=sys.stdout if os.environ.get("SDEID_TEST_ECHO") else None) as vm:
+            device_props=f"ghes-event={EVENT}", keep_dir=tmp_path / "run",
+            console_input=True, agdi_event=AGDI_EVENT,
+            echo=sys.stdout if os.environ.get("SDEID_TEST_ECHO") else None) as vm:
         _expect(vm, r"SDEID-CMD\? 1$", BOOT_TIMEOUT, "boot")
         check_agdi(vm)
         wedge_every_cpu(vm)
@@ -337,12 +338,12 @@ def test_a_starved_watchdog_panics_the_guest_through_inject_nmi(
     kernel, initrd = watchdog_guest(tmp_path)
     args = ["-kernel", kernel, "-initrd", initrd, "-append", APPEND,
             "-device", "i6300esb", "-action", "watchdog=inject-nmi"]
-    with Launch(args, qemu=qemu, firmware="uefi", smp=2, memory="1G",
-                sdeid_args=["--event", f"{EVENT}:shared:critical", "--nmi-event", str(EVENT),
+    with VM(args, qemu=qemu, firmware="uefi", smp=2, memory="1G",
+            sdeid_args=["--event", f"{EVENT}:shared:critical", "--nmi-event", str(EVENT),
                             "--nmi-ghes"],
-                device_props=f"ghes-event={EVENT}", keep_dir=tmp_path / "run",
-                capture_output=True, console_input=True,
-                echo=sys.stdout if os.environ.get("SDEID_TEST_ECHO") else None) as vm:
+            device_props=f"ghes-event={EVENT}", keep_dir=tmp_path / "run",
+            console_input=True,
+            echo=sys.stdout if os.environ.get("SDEID_TEST_ECHO") else None) as vm:
         _expect(vm, r"SDEID-CMD\? 1$", BOOT_TIMEOUT, "boot")
         vm.send_console(b"insmod /lib/sdeid-wdt/i6300esb.ko heartbeat=1 && "
                         b"exec 3>/dev/watchdog && echo 1 >&3 && echo FED-ONCE\n")

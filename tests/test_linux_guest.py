@@ -69,7 +69,8 @@ def _fail(msg: str) -> None:
 
 
 def _build_qemu() -> str:
-    from sdeid.launcher import LaunchError, find_qemu
+    from sdeid.launcher import LaunchError
+    from sdeid.testing.vm import find_qemu
     try:
         path = find_qemu()
     except LaunchError as e:

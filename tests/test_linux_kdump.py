@@ -52,7 +52,7 @@ from pathlib import Path
 
 import pytest
 
-from sdeid.launcher import Launch
+from sdeid.testing.vm import VM
 from tests.test_linux_ghes import (
     BOOT_TIMEOUT,
     EVENT,
@@ -109,7 +109,7 @@ def kdump_initrd(tmp_path: Path, *, spin: bool) -> str:
     return found["INITRD"]
 
 
-def _drain(vm: Launch) -> None:
+def _drain(vm: VM) -> None:
     """Consume the console lines that came so far."""
     try:
         while vm.readline(timeout=0.2) is not None:
@@ -133,12 +133,12 @@ def test_kdump_after_an_nmi_panic_through_sdei(
     wedged = guest == "wedged"
     initrd = kdump_initrd(tmp_path, spin=wedged)
     args = ["-kernel", assets["KERNEL"], "-initrd", initrd, "-append", APPEND]
-    with Launch(args, qemu=qemu, firmware="uefi", smp=2, memory="1G",
-                sdeid_args=["--event", f"{EVENT}:shared:critical", "--nmi-event", str(EVENT),
+    with VM(args, qemu=qemu, firmware="uefi", smp=2, memory="1G",
+            sdeid_args=["--event", f"{EVENT}:shared:critical", "--nmi-event", str(EVENT),
                             "--nmi-ghes", "--log-level", "debug"],
-                device_props=f"ghes-event={EVENT}", keep_dir=tmp_path / "run",
-                capture_output=True, console_input=True,
-                echo=sys.stdout if os.environ.get("SDEID_TEST_ECHO") else None) as vm:
+            device_props=f"ghes-event={EVENT}", keep_dir=tmp_path / "run",
+            console_input=True,
+            echo=sys.stdout if os.environ.get("SDEID_TEST_ECHO") else None) as vm:
         _expect(vm, r"SDEID-CMD\? 1$", BOOT_TIMEOUT, "boot")
         reserved = [m for ln in vm.lines if (m := RESERVED.search(ln))]
         assert reserved, "no 'crashkernel reserved' line:\n" + "\n".join(vm.lines[:80])

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from sdeid.launcher import find_qemu
+from sdeid.testing.vm import find_qemu
 from tests.scripts import load_script
 
 pytestmark = pytest.mark.integration

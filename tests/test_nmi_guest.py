@@ -1,6 +1,6 @@
 """Issue 11 on the real QEMU with the bare-metal guest (tests/guest/cases/
 nmi.c): `inject-nmi` on QEMU's own QMP monitor (the one `sdeid run`
-exposes, `Launch.qemu_monitor()`) reaches the guest's handler of the
+exposes, `VM.qemu_monitor()`) reaches the guest's handler of the
 `--nmi-event`, and a critical event behind the PL031 RTC (INTID 34,
 `intid=34`) runs nested inside event 0's handler, which resumes intact."""
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from sdeid.launcher import Launch, find_qemu
 from sdeid.testing.conformance import read_results
+from sdeid.testing.vm import VM, find_qemu
 from tests.test_guest_conformance import RUN_TIMEOUT, guest_image
 
 pytestmark = pytest.mark.integration
@@ -33,10 +33,10 @@ def test_inject_nmi_and_a_nested_interrupt_backed_critical_event(
     nmi_events: list[dict[str, object]] = []
     stats: dict[str, int] = {}
     monitor = tmp_path / "mon.sock"
-    with Launch(["-kernel", str(guest_image), "-append", "tests=nmi_inject,nmi_line_nested"],
-                qemu=qemu, smp=2, memory="256M", sdeid_args=SDEID_ARGS, monitor=monitor,
-                capture_output=True, console_input=True,
-                echo=sys.stderr if os.environ.get("SDEID_ECHO_GUEST") == "1" else None) as vm:
+    with VM(["-kernel", str(guest_image), "-append", "tests=nmi_inject,nmi_line_nested"],
+            qemu=qemu, smp=2, memory="256M", sdeid_args=SDEID_ARGS, monitor=monitor,
+            console_input=True,
+            echo=sys.stderr if os.environ.get("SDEID_ECHO_GUEST") == "1" else None) as vm:
         assert vm.monitor_path == monitor and monitor.is_socket()
         vm.wait_connected(30)
         with vm.control() as ctl:

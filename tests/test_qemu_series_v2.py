@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from sdeid.launcher import ControlClient, Launch, find_qemu
 from sdeid.testing.conformance import read_results
+from sdeid.testing.vm import VM, QmpConnection, find_qemu
 from tests.test_guest_conformance import (
     HOST_STEP,
     RUN_TIMEOUT,
@@ -123,7 +123,7 @@ def test_every_patch_passes_checkpatch_and_builds_on_its_own() -> None:
 
 @pytest.fixture(scope="module")
 def qemu() -> str:
-    """The patched QEMU as the launcher builds it (build-qemu's default
+    """The patched QEMU as the test harness builds it (build-qemu's default
     series, qemu-patches/DEFAULT: qemu-patches/v2)."""
     return find_qemu(None, 2)
 
@@ -229,11 +229,11 @@ def test_outage_a_waiting_vcpu_waits_and_a_resent_call_is_answered_once(
     steps: list[int] = []
     results: dict[str, tuple[str, str]] = {}
     monitor_answers = 0
-    with Launch(["-kernel", str(guest_image), "-append", "tests=outage_resend",
+    with VM(["-kernel", str(guest_image), "-append", "tests=outage_resend",
                  "-qmp", f"unix:{mon_path},server=on,wait=off"],
-                qemu=qemu, smp=1, memory="256M", protocol=2,
-                sdeid_args=["--event=100:shared:normal", "--state-file", str(journal)],
-                keep_dir=tmp_path / "run", capture_output=True, console_input=True) as vm:
+            qemu=qemu, smp=1, memory="256M", protocol=2,
+            sdeid_args=["--event=100:shared:normal", "--state-file", str(journal)],
+            keep_dir=tmp_path / "run", console_input=True) as vm:
         def host_step(line: str) -> bool:
             nonlocal monitor_answers
             m = HOST_STEP.match(line)
@@ -245,7 +245,7 @@ def test_outage_a_waiting_vcpu_waits_and_a_resent_call_is_answered_once(
                     vm.wait_connected(10)
                     os.kill(vm.daemon_proc.pid, signal.SIGSTOP)
                     vm.send_console(b"+1\n")
-                    mon = ControlClient(mon_path, timeout=5)   # QEMU's own QMP
+                    mon = QmpConnection(mon_path, timeout=5)   # QEMU's own QMP
                     t_end = time.monotonic() + 2.0
                     while time.monotonic() < t_end:
                         status = mon.execute("query-status")

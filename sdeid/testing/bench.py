@@ -22,7 +22,8 @@ from importlib.machinery import SourceFileLoader
 from pathlib import Path
 from types import ModuleType
 
-from sdeid.launcher import Launch, default_accel
+from sdeid.launcher import default_accel
+from sdeid.testing.vm import VM
 
 BENCH = re.compile(r"^SDEI-BENCH (\S+) n=(\d+) p50_ns=(\d+) p99_ns=(\d+) min_ns=(\d+)")
 RATE = re.compile(r"^SDEI-BENCH-RATE (\S+) calls_per_s=(\d+)")
@@ -70,9 +71,9 @@ def guest_bench(image: Path, qemu: str | None, conduit: str, cases: str,
     rates: dict[str, int] = {}
     kvm = (accel or default_accel()) == "kvm"
     append = f"tests={cases}" + (f" conduit={conduit} ppi-bind=refused" if kvm else "")
-    with Launch(["-kernel", str(image), "-append", append], qemu=qemu, smp=2,
-                memory="256M", conduit="hvc" if kvm else conduit, accel=accel,
-                sdeid_args=sdeid_args, capture_output=True) as vm:
+    with VM(["-kernel", str(image), "-append", append], qemu=qemu, smp=2,
+            memory="256M", conduit="hvc" if kvm else conduit, accel=accel,
+            sdeid_args=sdeid_args) as vm:
         for line in vm.iter_lines(timeout=600):
             m = BENCH.match(line)
             if m:

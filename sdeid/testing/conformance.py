@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sdeid.launcher import ControlError, Launch, default_accel
+from sdeid.launcher import default_accel
+from sdeid.testing.vm import VM, ControlError
 
 STATIC_EVENTS = ["100:shared:normal", "101:shared:critical",
                  "200:private:normal", "201:private:critical"]
@@ -36,7 +37,7 @@ TRIGGER = re.compile(r"^SDEI-WAIT-TRIGGER (\d+)(?: (\d+))?$")
 MARKER = "CONFORMANCE "
 
 
-def read_results(vm: Launch, react: Callable[[str], bool], timeout: float,
+def read_results(vm: VM, react: Callable[[str], bool], timeout: float,
                  results: dict[str, tuple[str, str]]) -> tuple[int, int] | None:
     """Read the guest's console up to its SDEI-TEST-SUMMARY: each line goes to
     `react` first (a host step a case asks for; it returns True when the line was
@@ -75,10 +76,10 @@ def run_guest(image: Path, qemu: str | None, conduit: str, *, accel: str | None 
     # guest checks the refusal instead of the binding (cases/conformance.c).
     kvm_args = f"conduit={conduit} ppi-bind=refused" if kvm else ""
     args = " ".join(a for a in (append, kvm_args) if a)
-    with Launch(["-kernel", str(image), *(["-append", args] if args else [])], qemu=qemu,
-                smp=smp, memory="256M", conduit="hvc" if kvm else conduit, accel=accel,
-                sdeid_args=[f"--event={e}" for e in STATIC_EVENTS],
-                capture_output=True, console_input=True, echo=echo) as vm:
+    with VM(["-kernel", str(image), *(["-append", args] if args else [])], qemu=qemu,
+            smp=smp, memory="256M", conduit="hvc" if kvm else conduit, accel=accel,
+            sdeid_args=[f"--event={e}" for e in STATIC_EVENTS],
+            console_input=True, echo=echo) as vm:
         def trigger(line: str) -> bool:
             m = TRIGGER.match(line)
             if not m:

@@ -4,7 +4,7 @@ SDEI.
 Builds what is missing (scripts/build-qemu: QEMU with our patch series;
 scripts/fetch-guest-assets: Debian's stock cloud arm64 kernel, a busybox
 initramfs, UEFI firmware; progress on stderr), then boots the kernel with
-UEFI and ACPI on `-M virt,ras=on` with sdeid attached (sdeid.launcher).
+UEFI and ACPI on `-M virt,ras=on` with sdeid attached (sdeid.testing.vm).
 The smccc-user device (`ghes-event=100`) names SDEI event 100 as the
 notification of a HEST GHESv2 error source, and the daemon defines 100 as a
 static shared event.  Once the guest is up, the demo shows its SDEI lines
@@ -28,7 +28,8 @@ import sys
 import time
 from typing import Any
 
-from sdeid.launcher import REPO, ControlClient, Launch, LaunchError
+from sdeid.launcher import LaunchError
+from sdeid.testing.vm import REPO, VM, QmpConnection
 
 EVENT = 100
 ADDRESS = 0x40000000 + 64 * 1024 * 1024     # guest RAM starts at 1 GiB on virt
@@ -78,7 +79,7 @@ def show(who: str, lines: list[str]) -> None:
         say(who, ln.rstrip())
 
 
-def expect(vm: Launch, pattern: str, timeout: float, what: str) -> re.Match[str]:
+def expect(vm: VM, pattern: str, timeout: float, what: str) -> re.Match[str]:
     try:
         return vm.expect(pattern, timeout=timeout)
     except (TimeoutError, LaunchError) as e:
@@ -86,7 +87,7 @@ def expect(vm: Launch, pattern: str, timeout: float, what: str) -> re.Match[str]
         raise DemoError(f"{what}: {e}\n--- console tail:\n{tail}") from e
 
 
-def daemon_view(ctl: ControlClient) -> None:
+def daemon_view(ctl: QmpConnection) -> None:
     sdei = ctl.execute("query-sdei")
     for r in sdei["registered"]:
         info = {k: r[k] for k in ("event", "type", "state", "entry", "pending") if k in r}
@@ -104,10 +105,10 @@ def run(args: argparse.Namespace) -> int:
     say("demo", f"booting Debian's stock kernel with UEFI + ACPI (ras=on), sdeid attached, "
         f"HEST error source notified by SDEI event {EVENT}")
     t0 = time.monotonic()
-    with Launch(qemu_args, qemu=qemu, firmware="uefi", smp=2, memory="1G",
-                sdeid_args=["--event", f"{EVENT}:shared:normal"],
-                device_props=f"ghes-event={EVENT}", capture_output=True,
-                console_input=True, echo=sys.stdout if args.echo else None) as vm:
+    with VM(qemu_args, qemu=qemu, firmware="uefi", smp=2, memory="1G",
+            sdeid_args=["--event", f"{EVENT}:shared:normal"],
+            device_props=f"ghes-event={EVENT}", console_input=True,
+            echo=sys.stdout if args.echo else None) as vm:
         expect(vm, r"SDEID-CMD\? 1$", BOOT_TIMEOUT, "guest boot")
         say("demo", f"guest up after {time.monotonic() - t0:.1f} s; its SDEI/HEST lines:")
         show("guest", guest_lines(vm.lines, r"ACPI: (SDEI|HEST) |sdei|HEST|GHES"))

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdeid.launcher import ControlError, Launch
+from sdeid.testing.vm import VM, ControlError
 
 DETECTED = "sdei: SDEIv1.1 (0x53444549) detected in firmware."
 PROMPT = re.compile(r"^SDEID-CMD\? (\d+)$")
@@ -51,7 +51,7 @@ MARKER = "SCENARIO "
 class Guest:
     """The console loop of console.sh: one command at a time, its output back."""
 
-    def __init__(self, vm: Launch) -> None:
+    def __init__(self, vm: VM) -> None:
         self.vm = vm
 
     def prompt(self, timeout: float = STEP_TIMEOUT) -> None:
@@ -71,12 +71,12 @@ class Guest:
         return [ln for ln in self.run("dmesg") if needle in ln]
 
 
-def pes(vm: Launch) -> list[dict[str, Any]]:
+def pes(vm: VM) -> list[dict[str, Any]]:
     with vm.control(timeout=STEP_TIMEOUT) as ctl:
         return list(ctl.execute("query-sdei")["pes"])
 
 
-def pes_or_none(vm: Launch) -> list[dict[str, Any]] | None:
+def pes_or_none(vm: VM) -> list[dict[str, Any]] | None:
     try:
         return pes(vm)
     except ControlError:
@@ -92,7 +92,7 @@ def wait_for(what: str, check: Any, timeout: float = STEP_TIMEOUT) -> Any:
         time.sleep(0.2)
 
 
-def hotplug(g: Guest, vm: Launch) -> dict[str, Any]:
+def hotplug(g: Guest, vm: VM) -> dict[str, Any]:
     g.run("echo 0 > /sys/devices/system/cpu/cpu1/online")
     off = pes(vm)[1]
     g.run("echo 1 > /sys/devices/system/cpu/cpu1/online")
@@ -101,13 +101,13 @@ def hotplug(g: Guest, vm: Launch) -> dict[str, Any]:
     return {"ok": ok, "offline": off, "online": on}
 
 
-def migrate_to_a_new_vm(src: Launch, work: Path, launch: Any, step: Any) -> Launch | None:
+def migrate_to_a_new_vm(src: VM, work: Path, launch: Any, step: Any) -> VM | None:
     """Live-migrate the guest to a second QEMU (`-incoming`) attached to a fresh
     sdeid: the device's vmstate carries the dispatcher state from one daemon to
     the other (SAVE_STATE / LOAD_STATE), so the new daemon must show every PE
     unmasked as the guest left them.  Returns the destination, started."""
     uri = f"unix:{work / 'migration.sock'}"
-    dest: Launch = launch("destination", ["-incoming", uri])
+    dest: VM = launch("destination", ["-incoming", uri])
     dest.start()
     try:
         dest.wait_connected(STEP_TIMEOUT)
@@ -153,12 +153,12 @@ def scenario(kernel: str, initrd: str, firmware: str, smp: int,
         sdeid_args += ["--event", f"{EVENT}:shared:normal"]
         props = f"ghes-event={EVENT}"
 
-    def launch(name: str, extra: list[str]) -> Launch:
-        return Launch(["-kernel", kernel, "-initrd", initrd, "-append", append, *extra],
-                      smp=smp, memory="512M", firmware=firmware,
-                      sdeid_args=[*sdeid_args, "--state-file", str(work / f"{name}.state")],
-                      device_props=props, keep_dir=work / name, capture_output=True,
-                      console_input=True, reboot=True, aavmf=aavmf)
+    def launch(name: str, extra: list[str]) -> VM:
+        return VM(["-kernel", kernel, "-initrd", initrd, "-append", append, *extra],
+                  smp=smp, memory="512M", firmware=firmware,
+                  sdeid_args=[*sdeid_args, "--state-file", str(work / f"{name}.state")],
+                  device_props=props, keep_dir=work / name, console_input=True, reboot=True,
+                  aavmf=aavmf)
 
     with contextlib.ExitStack() as stack:
         vm = stack.enter_context(launch("source", []))

@@ -49,7 +49,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
-from sdeid.launcher import REPO, LaunchError, find_qemu
+from sdeid.launcher import LaunchError
+from sdeid.testing.vm import REPO, find_qemu
 
 PROG = "nested-kvm"
 CACHE = Path(os.environ.get("SDEID_CACHE") or Path.home() / ".cache" / "sdeid") / "nested"
