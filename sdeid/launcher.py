@@ -119,19 +119,24 @@ def has_smccc_user(qemu: str) -> bool:
     return proc.returncode == 0 and "smccc-user options" in proc.stdout
 
 
-def find_qemu(explicit: str | None = None, protocol: int = DEFAULT_PROTOCOL) -> str:
-    """The patched QEMU: `explicit` (--qemu), else $SDEID_QEMU, else a
-    qemu-system-aarch64 with the smccc-user device next to this Python (the
-    environment sdeid is installed in; the repository's scripts/build-qemu
-    links its build into .venv/bin), else on PATH.  Nothing is built here."""
+def named_qemu(explicit: str | None = None, protocol: int = DEFAULT_PROTOCOL) -> str | None:
+    """The QEMU the caller named: `explicit`, else $SDEID_QEMU (or the older
+    $SDEID_QEMU_V2); None when neither names one."""
     if protocol != DEFAULT_PROTOCOL:
         raise ValueError(f"protocol must be {DEFAULT_PROTOCOL}, not {protocol!r}")
     if explicit:
         return explicit
-    for var in QEMU_VARIABLES:
-        env = os.environ.get(var)
-        if env:
-            return env
+    return next((os.environ[v] for v in QEMU_VARIABLES if os.environ.get(v)), None)
+
+
+def find_qemu(explicit: str | None = None, protocol: int = DEFAULT_PROTOCOL) -> str:
+    """The patched QEMU: named_qemu(), else a qemu-system-aarch64 with the
+    smccc-user device next to this Python (the environment sdeid is
+    installed in; the repository's scripts/build-qemu links its build into
+    .venv/bin), else on PATH.  Nothing is built here."""
+    named = named_qemu(explicit, protocol)
+    if named:
+        return named
     candidates: list[str] = []
     beside = env_bin() / QEMU_NAME
     if beside.is_file():

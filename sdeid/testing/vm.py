@@ -19,7 +19,6 @@ its cache at once) and `find_aavmf` asks scripts/fetch-guest-assets.
 
 from __future__ import annotations
 
-import os
 import queue
 import re
 import subprocess
@@ -29,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from sdeid.launcher import DEFAULT_PROTOCOL, QEMU_VARIABLES, Launch, LaunchError
+from sdeid.launcher import DEFAULT_PROTOCOL, QEMU_VARIABLES, Launch, LaunchError, named_qemu
 from sdeid.testing.qmp import ControlError, QmpConnection
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,17 +37,11 @@ FETCH_ASSETS = REPO / "scripts" / "fetch-guest-assets"
 
 
 def find_qemu(explicit: str | None = None, protocol: int = DEFAULT_PROTOCOL) -> str:
-    """`explicit`, else $SDEID_QEMU (or $SDEID_QEMU_V2), else what
-    scripts/build-qemu prints last for its default series (it builds, or
-    answers from its cache at once)."""
-    if protocol != DEFAULT_PROTOCOL:
-        raise ValueError(f"protocol must be {DEFAULT_PROTOCOL}, not {protocol!r}")
-    if explicit:
-        return explicit
-    for var in QEMU_VARIABLES:
-        env = os.environ.get(var)
-        if env:
-            return env
+    """launcher.named_qemu(), else what scripts/build-qemu prints last for
+    its default series (it builds, or answers from its cache at once)."""
+    named = named_qemu(explicit, protocol)
+    if named:
+        return named
     if not BUILD_QEMU.is_file():
         raise LaunchError(f"no QEMU: pass qemu= or set {QEMU_VARIABLES[0]} "
                           f"({BUILD_QEMU} is not there to build one)", who="setup")
