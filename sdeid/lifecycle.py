@@ -16,6 +16,7 @@ from typing import Any
 
 from sdeid.model.abi import EventType
 from sdeid.model.dispatcher import Dispatcher
+from sdeid.model.state import SHARED
 
 MAX_OBSERVED = 1000  # bounded event history for the control socket
 
@@ -95,6 +96,25 @@ def check_record_target(d: Dispatcher, event: int, pe: int | None) -> None:
         d.private[pe].get(event) if pe is not None and 0 <= pe < len(d.pes) else None)
     if inst is None or not inst.state.registered:
         raise LookupError(f"event {event} is not registered by the guest")
+
+
+def record_event_idle(d: Dispatcher, event: int, pe: int | None) -> bool:
+    """Whether the registered instance of `event` that an error record
+    notifies (check_record_target) has nothing to do: no trigger waiting and
+    no handler running.  A GHES source still holding an unacknowledged
+    record then holds one nobody signalled: the guest acknowledges a record
+    from the event's handler, before it completes."""
+    ev = d.events.get(event)
+    if ev is None:
+        return False
+    if ev.type == EventType.SHARED:
+        inst, key = d.shared.get(event), (event, SHARED)
+    elif pe is not None and 0 <= pe < len(d.pes):
+        inst, key = d.private[pe].get(event), (event, pe)
+    else:
+        return False
+    return (inst is not None and inst.state.registered and not inst.pending
+            and not inst.state.running and key not in d.pending)
 
 
 def peer_uid(sock: socket.socket) -> int | None:

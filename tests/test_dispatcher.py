@@ -511,3 +511,26 @@ def test_stats_count_calls_by_function() -> None:
     assert st["calls"] == 4
     assert st["call.VERSION"] == 1 and st["call.PE_UNMASK"] == 2
     assert st["call.unsupported"] == 1
+
+
+# ------------------------------------- an error record's event, idle or not
+
+@pytest.mark.parametrize(("event", "pe"), [(SHARED_EV, None), (PRIV_EV, 0)])
+def test_record_event_idle_follows_the_instance(event: int, pe: int | None) -> None:
+    """lifecycle.record_event_idle: what lets sdeid tell a record nobody
+    signalled from one the guest is still handling."""
+    from sdeid.lifecycle import record_event_idle
+    s = Sim()
+    assert not record_event_idle(s.d, event, pe)          # not registered
+    s.setup(event, [0])
+    assert record_event_idle(s.d, event, pe)
+    assert s.trigger(event, pe) == 0
+    assert not record_event_idle(s.d, event, pe)          # pending
+    assert s.dispatch(0) == event
+    assert not record_event_idle(s.d, event, pe)          # running its handler
+    s.call(0, Fid.EVENT_COMPLETE, 0)
+    assert record_event_idle(s.d, event, pe)
+    assert not record_event_idle(s.d, 4242, pe)           # no such event
+    if pe is not None:
+        assert not record_event_idle(s.d, event, None)    # a private one needs its PE
+        assert not record_event_idle(s.d, event, 99)

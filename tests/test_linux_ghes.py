@@ -43,6 +43,7 @@ from pathlib import Path
 
 import pytest
 
+from sdeid import cper
 from sdeid.launcher import LaunchError
 from sdeid.testing.vm import VM
 from tests.test_linux_guest import (
@@ -133,6 +134,32 @@ def burst(vm: VM) -> None:
     assert named == want, f"delivered but not seen by the guest: {sorted(want - named)}"
 
 
+def record_nobody_signalled(vm: VM) -> None:
+    """A record written with QEMU's own inject-ghes-v2-error raises no
+    event, so the guest never reads it and the source stays busy.  sdeid's
+    next injection raises the event for it first: the guest reports both."""
+    foreign, ours = ADDRESS + 4 * 1024 * 1024, ADDRESS + 6 * 1024 * 1024
+    with vm.qemu_monitor(timeout=STEP_TIMEOUT) as mon:
+        mon.execute("inject-ghes-v2-error",
+                    cper.qmp_argument(cper.memory_error(foreign, cper.SEV_RECOVERABLE)))
+    with vm.control(timeout=STEP_TIMEOUT) as ctl:
+        before = ctl.execute("query-stats")
+        ctl.execute("sdei-inject-error", {"event": EVENT, "address": ours})
+        after = ctl.execute("query-stats")
+    # GHES rate-limits its full reports; memory_failure names every page.
+    # (The console queue still holds the burst's lines: skip those.)
+    pages = [foreign >> 12, ours >> 12]
+    reported: list[int] = []
+    while len(reported) < 2:
+        m = _expect(vm, MEMORY_FAILURE.pattern, STEP_TIMEOUT, "the unsignalled record and ours")
+        if int(m.group(1), 16) in pages:
+            reported.append(int(m.group(1), 16))
+    assert reported == pages
+    for key, grew in (("error-records-signalled-for-others", 1),
+                      ("error-records-delivered", 1), ("error-records-refused", 0)):
+        assert after[key] == before[key] + grew, (key, before, after)
+
+
 def test_memory_error_is_logged_by_the_guest(qemu: str, assets: dict[str, str],  # noqa: F811
                                              tmp_path: Path) -> None:
     _check_firmware(assets)    # VM(firmware="uefi") takes the same pair (find_aavmf)
@@ -203,6 +230,7 @@ def test_memory_error_is_logged_by_the_guest(qemu: str, assets: dict[str, str], 
         assert not re.search(r"error source|GHES|Generic Error Status|OSPM|CPER",
                              qemu_log), qemu_log
         burst(vm)
+        record_nobody_signalled(vm)
 
         vm.send_console(b"poweroff -f\n")
         assert vm.wait(timeout=STEP_TIMEOUT) == 0

@@ -133,6 +133,31 @@ async def test_a_burst_of_error_records_is_delivered_one_per_acknowledgement(
         await d.close()
 
 
+async def test_a_record_nobody_signalled_is_signalled_before_ours(tmp_path: Path) -> None:
+    """Someone wrote a record with QEMU's own inject-ghes-v2-error, which
+    raises no event: the source stays busy and the guest would never read
+    it.  The next injection finds the source busy while the event is idle,
+    raises the event once for that record, then delivers its own."""
+    from sdeid import cper
+    d, fe, ghes = await _inprocess(tmp_path)
+    foreign = 0x48000000
+    ghes.records.append(cper.memory_error(foreign, cper.SEV_RECOVERABLE))
+    ghes.unacked = True
+    seen: list[int] = []
+    guest = asyncio.get_running_loop().run_in_executor(None, _guest, fe, ghes, 2, seen)
+    try:
+        assert await d.inject_error(100, 0x44000000, None) == 0
+        await asyncio.wait_for(guest, 20)
+        assert seen == [foreign, 0x44000000]       # the stale record, then ours
+        assert [ghes.address(r) for r in ghes.records] == [foreign, 0x44000000]
+        stats = d.extra_stats
+        assert stats["error-records-signalled-for-others"] == 1
+        assert stats["error-records-delivered"] == 1 and stats["error-records-refused"] == 0
+    finally:
+        await _in_thread(fe.close)
+        await d.close()
+
+
 async def test_error_records_beyond_the_queue_bound_are_refused(tmp_path: Path) -> None:
     from sdeid.proto import daemon as dmod
     d, fe, ghes = await _inprocess(tmp_path)
@@ -149,6 +174,9 @@ async def test_error_records_beyond_the_queue_bound_are_refused(tmp_path: Path) 
         assert ghes.records == []
         assert d.extra_stats["error-records-refused"] == n
         assert d.extra_stats["error-records-queued"] == 0
+        # the event was raised once for the record in the way; the guest
+        # never took it, so it stayed pending and was not raised again
+        assert d.extra_stats["error-records-signalled-for-others"] == 1
     finally:
         dmod.ACK_TIMEOUT = old
         await _in_thread(fe.close)

@@ -30,6 +30,7 @@ from sdeid.lifecycle import (
     daemon_next,
     peer_uid,
     qmp_event,
+    record_event_idle,
 )
 from sdeid.model.types import PlatformConfig
 from sdeid.proto import session as s
@@ -102,6 +103,7 @@ class Daemon2:
         self._queued = 0
         self.record_stats = {"error-records-delivered": 0, "error-records-refused": 0,
                              "error-records-queued": 0,
+                             "error-records-signalled-for-others": 0,
                              "error-records-queue-max": MAX_QUEUED_RECORDS}
 
     @property
@@ -247,13 +249,16 @@ class Daemon2:
         loop = asyncio.get_running_loop()
         record = cper.memory_error(address, severity)
         wait = RETRY_FIRST
+        signalled = False
         while True:
             writer = self._check_record(event, pe)
             try:
                 await asyncio.wait_for(writer(event, record), RECORD_TIMEOUT)
                 break
             except cper.RecordBusy:
-                pass
+                if not signalled and self._holds_unsignalled_record(event, pe):
+                    signalled = True
+                    self._signal_stale_record(event, pe)
             except TimeoutError:
                 raise LookupError("QEMU did not answer inject-ghes-v2-error within "
                                   f"{RECORD_TIMEOUT:.0f} s") from None
@@ -264,6 +269,23 @@ class Daemon2:
         self._observe("SDEI_ERROR_RECORD", {"event": event, "address": address,
                                             "severity": severity})
         return self.trigger(event, pe)
+
+    def _holds_unsignalled_record(self, event: int, pe: int | None) -> bool:
+        """The source is busy while the event has nothing to do: the record
+        in it was never signalled (QEMU's own inject-ghes-v2-error writes
+        one without raising the event), and the guest would never read it."""
+        with self.lock:
+            d = self.backend.dispatcher
+            return d is not None and record_event_idle(d, event, pe)
+
+    def _signal_stale_record(self, event: int, pe: int | None) -> None:
+        """Raise the event once for the record already there, so the guest
+        reads and acknowledges it; this injection then takes its turn."""
+        ret = self.trigger(event, pe)
+        self.record_stats["error-records-signalled-for-others"] += 1
+        log.warning("the error source of event %d holds a record nobody signalled (written "
+                    "with QEMU's inject-ghes-v2-error?): event %d raised for it (status %d)",
+                    event, event, ret)
 
     def _check_record(self, event: int, pe: int | None) -> RecordWriter:
         """The writer for a record notified by `event`, or LookupError."""
