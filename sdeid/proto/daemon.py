@@ -252,11 +252,16 @@ class Daemon2:
         signalled = False
         while True:
             writer = self._check_record(event, pe)
+            # Idle *before* the write is refused: then the record in the way
+            # was never signalled.  (Checked after the refusal, the guest could
+            # have taken, acknowledged and completed our previous record in
+            # between, and the event would be raised for nothing.)
+            idle = not signalled and self._event_idle(event, pe)
             try:
                 await asyncio.wait_for(writer(event, record), RECORD_TIMEOUT)
                 break
             except cper.RecordBusy:
-                if not signalled and self._holds_unsignalled_record(event, pe):
+                if idle:
                     signalled = True
                     self._signal_stale_record(event, pe)
             except TimeoutError:
@@ -270,10 +275,13 @@ class Daemon2:
                                             "severity": severity})
         return self.trigger(event, pe)
 
-    def _holds_unsignalled_record(self, event: int, pe: int | None) -> bool:
-        """The source is busy while the event has nothing to do: the record
-        in it was never signalled (QEMU's own inject-ghes-v2-error writes
-        one without raising the event), and the guest would never read it."""
+    def _event_idle(self, event: int, pe: int | None) -> bool:
+        """The event has nothing pending or running.  A source busy after
+        this holds a record that was never signalled (QEMU's own
+        inject-ghes-v2-error writes one without raising the event), which
+        the guest would never read: each of our records is raised while we
+        hold the event's lock, and the guest acknowledges it before it
+        completes the handler."""
         with self.lock:
             d = self.backend.dispatcher
             return d is not None and record_event_idle(d, event, pe)
