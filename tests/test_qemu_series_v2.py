@@ -155,17 +155,32 @@ def test_device_is_listed(qemu_core: str) -> None:
 
 
 def test_the_device_qtest_passes(qemu_core: str) -> None:
-    """The series' own qtest (patch 0014: a back-end played by the test,
+    """The series' own qtest (patch 0016: a back-end played by the test,
     handshake, calls, bad frames), built in the stepwise tree's last step
-    and run against that binary, as QEMU's `make check-qtest` would."""
+    and run against that binary, as QEMU's `make check-qtest` would.
+
+    A race in the qtest itself, not in the device (the failing run's log
+    ends at the device dropping a bad frame, then SIGPIPE): it sends a frame
+    as two send() calls, header then payload, and for a bad frame the
+    device may disconnect after the header, so the payload's send() can
+    raise SIGPIPE (seen in 1 CI run of 3 on 2026-12-06, 2 of 160 loops by
+    hand).  Until patch 0016 sends each frame in one call, a run killed by
+    SIGPIPE is run once more, and says so; any other failure, or SIGPIPE
+    twice, fails."""
     build = Path(qemu_core).parent
     made = subprocess.run(["ninja", "-C", str(build), "tests/qtest/smccc-user-test"],
                           capture_output=True, text=True, timeout=1800,
                           stdin=subprocess.DEVNULL)
     assert made.returncode == 0, made.stdout[-3000:] + made.stderr[-3000:]
-    out = subprocess.run([str(build / "tests/qtest/smccc-user-test")], capture_output=True,
-                         text=True, timeout=300, stdin=subprocess.DEVNULL,
-                         env=dict(os.environ, QTEST_QEMU_BINARY=qemu_core))
+    def run() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(build / "tests/qtest/smccc-user-test")],
+                              capture_output=True, text=True, timeout=300,
+                              stdin=subprocess.DEVNULL,
+                              env=dict(os.environ, QTEST_QEMU_BINARY=qemu_core))
+    out = run()
+    if out.returncode == -signal.SIGPIPE:
+        print("smccc-user-test died of SIGPIPE (the qtest's two-send race): running it again")
+        out = run()
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert re.search(r"^ok 1 /aarch64/smccc-user/protocol$", out.stdout, re.M), out.stdout
     assert "not ok" not in out.stdout, out.stdout
