@@ -249,6 +249,11 @@ class Ring:
         self._on_change = on_change
         self.journal = journal
         self.lock = threading.RLock()
+        # Held from a change of `active` to its on_change report, so the
+        # reports reach the daemon in the order of the changes: an old
+        # front-end's disconnect and a new one's connect come from two
+        # threads, and reported outside any lock the connect could overtake.
+        self._reporting = threading.RLock()
         self.active: Connection | None = None
         self._observe = observe
         self._listener: socket.socket | None = None
@@ -306,30 +311,32 @@ class Ring:
         if self._accept_peer is not None and not self._accept_peer(conn):
             conn.close()
             return None
-        with self.lock:
-            if self.active is not None:
-                log.error("refusing a second front-end: one VM per daemon")
-                conn.close()
-                return None
-            self._count += 1
-            c = self.active = Connection(self, conn, self._count)
-            self.idle.clear()
-        log.info("front-end connected")
-        if self._on_change is not None:
-            self._on_change(True)
+        with self._reporting:
+            with self.lock:
+                if self.active is not None:
+                    log.error("refusing a second front-end: one VM per daemon")
+                    conn.close()
+                    return None
+                self._count += 1
+                c = self.active = Connection(self, conn, self._count)
+                self.idle.clear()
+            log.info("front-end connected")
+            if self._on_change is not None:
+                self._on_change(True)
         t = threading.Thread(target=c.run_control, name=f"sdeid-fe{self._count}", daemon=True)
         t.start()
         return c
 
     def disconnected(self, c: Connection) -> None:
-        with self.lock:
-            if self.active is not c:
-                return
-            self.active = None
-            self.idle.set()
-        log.info("front-end disconnected")
-        if self._on_change is not None:
-            self._on_change(False)
+        with self._reporting:
+            with self.lock:
+                if self.active is not c:
+                    return
+                self.active = None
+                self.idle.set()
+            log.info("front-end disconnected")
+            if self._on_change is not None:
+                self._on_change(False)
 
     # ----------------------------------------------------- operator side
 
