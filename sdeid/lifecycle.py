@@ -16,7 +16,7 @@ from typing import Any
 
 from sdeid.model.abi import EventType
 from sdeid.model.dispatcher import Dispatcher
-from sdeid.model.state import SHARED
+from sdeid.model.state import SHARED, Instance
 
 MAX_OBSERVED = 1000  # bounded event history for the control socket
 
@@ -86,14 +86,25 @@ def qmp_event(kind: str, data: dict[str, Any]) -> dict[str, Any]:
             "timestamp": {"seconds": int(now), "microseconds": int(now % 1 * 1e6)}}
 
 
+def _record_instance(d: Dispatcher, event: int, pe: int | None
+                     ) -> tuple[Instance | None, tuple[int, int] | None]:
+    """The instance of `event` that an error record notifies (on `pe` for a
+    private one; None when there is none) and its key in the pending set."""
+    ev = d.events[event]
+    if ev.type == EventType.SHARED:
+        return d.shared.get(event), (event, SHARED)
+    if pe is not None and 0 <= pe < len(d.pes):
+        return d.private[pe].get(event), (event, pe)
+    return None, None
+
+
 def check_record_target(d: Dispatcher, event: int, pe: int | None) -> None:
     """LookupError unless `event` is a static event the guest registered
     (on `pe` for a private one): the only events an error record may notify."""
     ev = d.events.get(event)
     if ev is None or ev.dynamic:
         raise LookupError(f"event {event} is not a static platform event")
-    inst = d.shared.get(event) if ev.type == EventType.SHARED else (
-        d.private[pe].get(event) if pe is not None and 0 <= pe < len(d.pes) else None)
+    inst, _key = _record_instance(d, event, pe)
     if inst is None or not inst.state.registered:
         raise LookupError(f"event {event} is not registered by the guest")
 
@@ -104,15 +115,9 @@ def record_event_idle(d: Dispatcher, event: int, pe: int | None) -> bool:
     no handler running.  A GHES source still holding an unacknowledged
     record then holds one nobody signalled: the guest acknowledges a record
     from the event's handler, before it completes."""
-    ev = d.events.get(event)
-    if ev is None:
+    if event not in d.events:
         return False
-    if ev.type == EventType.SHARED:
-        inst, key = d.shared.get(event), (event, SHARED)
-    elif pe is not None and 0 <= pe < len(d.pes):
-        inst, key = d.private[pe].get(event), (event, pe)
-    else:
-        return False
+    inst, key = _record_instance(d, event, pe)
     return (inst is not None and inst.state.registered and not inst.pending
             and not inst.state.running and key not in d.pending)
 

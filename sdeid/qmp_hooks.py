@@ -36,10 +36,6 @@ WATCHED = ("RESET", "STOP", "RESUME", "SHUTDOWN", "MIGRATION", "POWERDOWN",
 class _DropConnectFailures(logging.Filter):
     """Drops qemu.qmp's "Failed to establish ..." records."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.dropped_before = False
-
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("Failed to establish")
 
@@ -68,6 +64,7 @@ class QmpHooks:
         deadline = loop.time() + self.connect_timeout
         quiet = _DropConnectFailures()
         self.client.logger.addFilter(quiet)
+        said = False
         try:
             while True:
                 try:
@@ -76,9 +73,9 @@ class QmpHooks:
                 except (QMPError, OSError) as e:
                     if loop.time() > deadline:
                         raise ConnectionError(f"QMP {self.path}: {e}") from e
-                    if not quiet.dropped_before:
+                    if not said:
                         log.info("waiting for QEMU's QMP monitor at %s (%s)", self.path, e)
-                    quiet.dropped_before = True
+                        said = True
                     await asyncio.sleep(0.1)
         finally:
             self.client.logger.removeFilter(quiet)
